@@ -1,0 +1,3 @@
+"""npva: Neural Point-based Volumetric Avatars."""
+
+__version__ = "0.1.0"

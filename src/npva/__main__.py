@@ -1,0 +1,3 @@
+from npva.cli import main
+
+raise SystemExit(main())
