@@ -1,0 +1,82 @@
+"""Typed settings, one dataclass per concern. Defaults are the published full-scale configuration
+(method.md); every size is a setting so that tests run the same pipeline at tiny sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    """Encoder and decoders (method.md section 3) and neural points (section 4)."""
+
+    texture_size: int = 1024  # side of the average UV texture fed to the encoder
+    posmap_size: int = 256  # side of the position map (and of the decoded coarse map)
+    point_map_size: int = 1024  # side of the displacement / feature maps: one neural point per texel
+    latent_channels: int = 4
+    latent_size: int = 8
+    texture_channels: tuple[int, ...] = (512, 256)  # texture branch down blocks
+    geometry_channels: int = 256  # 1x1 conv on the normalized position map
+    encoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8)  # down blocks after concatenation
+    mu_scale: float = 0.1
+    logstd_scale: float = 0.01
+    coarse_channels: tuple[int, ...] = (32, 16, 16, 8, 3)  # 8 -> 256 (5 up blocks)
+    displacement_channels: tuple[int, ...] = (64, 32, 32, 16, 16, 8, 3)  # 8 -> 1024 (7 up blocks)
+    feature_channels: tuple[int, ...] = (512, 256, 256, 128, 128, 64, 32)  # 8 -> 1024
+    leaky_slope: float = 0.2
+    mask_points_outside_uv: bool = True  # drop points whose texel lies outside the UV islands
+
+
+@dataclass
+class SamplingConfig:
+    """Patch-wise depth-guided shading-point sampling (method.md section 5)."""
+
+    probe_offset_px: int = 16  # 3x3 probes at u + {-16, 0, 16}^2
+    background_depth_mm: float = 10.0  # guide depth below this is background
+    discontinuity_mm: float = 30.0  # d_max - d_min above this: two windows
+    window_half_mm: float = 20.0  # each window is [d - 20, d + 20]
+    num_candidates: int = 20  # 10 + 10 with two windows
+    jitter: float = 0.3  # bin widths scaled by 1 + jitter (U - 0.5) in training
+    max_samples: int = 16  # SR: kept shading points per ray, in ray order
+    occupancy_voxel_mm: float = 1.0  # a candidate is kept if an occupied voxel is within
+    occupancy_reach_voxels: int = 3  # +- this many voxels
+
+
+@dataclass
+class QueryConfig:
+    """Neighbour query (method.md section 6)."""
+
+    k: int = 8
+    radius_mm: float = 4.0
+
+
+@dataclass
+class DecoderConfig:
+    """Radiance decoding and compositing (method.md section 7)."""
+
+    variant: str = "lightweight"  # or "pointnerf"
+    feature_dim: int = 32  # must equal ModelConfig.feature_channels[-1]
+    feature_frequencies: int = 3  # PE_3 of the aggregated feature
+    offset_frequencies: int = 5  # PE_5 of the 6-channel offset
+    direction_frequencies: int = 4  # PE_4 of the ray direction
+    hidden: int = 128
+    pointnerf_hidden: int = 256
+    leaky_slope: float = 0.2
+    density_shift: float = 1.0  # sigma = softplus(raw - shift)
+    min_distance_mm: float = 1e-6  # inverse-distance weights use max(|p - x|, this)
+    last_delta: float = 1e10  # the last valid sample is made opaque
+
+
+@dataclass
+class RenderConfig:
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    chunk_rays: int = 65536  # rays decoded at once; bounds memory for any image size
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain, YAML-friendly dict of a settings dataclass (tuples become lists)."""
+    return dataclasses.asdict(config)
