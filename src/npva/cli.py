@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from npva import __version__
+from npva.config import PreprocessConfig
 from npva.errors import NpvaError
 
 
@@ -26,6 +27,33 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.usable else 1
 
 
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from npva.preprocess import parse_shard, preprocess_subject
+
+    mode, *rest = args.depth
+    if len(rest) > 1 or (rest and mode != "import"):
+        raise NpvaError(f"--depth takes import [DIR], mesh or none, got {' '.join(args.depth)}")
+    config = PreprocessConfig(
+        uv_size=args.uv_size,
+        image_scale=args.scale,
+        depth=mode,
+        depth_dir=rest[0] if rest else None,
+        depth_scale=args.depth_scale,
+        mouth_mask=args.mouth_mask,
+        stats_list=args.stats_list,
+    )
+    summary = preprocess_subject(
+        Path(args.subject),
+        config,
+        gendir=Path(args.gendir) if args.gendir else None,
+        shard=parse_shard(args.shard),
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(summary)
+    return 1 if summary.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="npva", description=__doc__)
     parser.add_argument("--version", action="version", version=f"npva {__version__}")
@@ -41,6 +69,33 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("subject", help="subject directory (Multiface layout)")
     check.add_argument("--max-lines", type=int, default=20, help="problems listed per category")
     check.set_defaults(run=_cmd_check)
+
+    defaults = PreprocessConfig()
+    prep = sub.add_parser("preprocess", help="position maps, masks, depth and statistics")
+    prep.add_argument("subject", help="subject directory (Multiface layout)")
+    prep.add_argument("--gendir", help="output directory (default SUBJECT/gendir)")
+    prep.add_argument("--uv-size", type=int, default=defaults.uv_size, help="position map side")
+    prep.add_argument("--scale", type=float, default=defaults.image_scale, help="training size / image size")
+    prep.add_argument(
+        "--depth",
+        nargs="+",
+        default=["import"],
+        metavar="MODE",
+        help="import [DIR] (MVS depth per camera, .exr or .npz; default SUBJECT/mvs_depth), "
+        "mesh (the tracked mesh rendered: a weak fallback without mouth interior or hair), none",
+    )
+    prep.add_argument(
+        "--depth-scale",
+        type=float,
+        default=defaults.depth_scale,
+        help="multiplies imported depth to give mm (1000 for metres)",
+    )
+    prep.add_argument("--mouth-mask", help="UV-space PNG of mouth texels (default: derived)")
+    prep.add_argument("--stats-list", help="frames for the statistics (default: the train split)")
+    prep.add_argument("--shard", help="I/N: this process's part (default RANK/WORLD_SIZE, or all)")
+    prep.add_argument("--workers", type=int, default=1, help="processes on this machine")
+    prep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prep.set_defaults(run=_cmd_preprocess)
     return parser
 
 

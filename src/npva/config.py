@@ -80,3 +80,20 @@ class RenderConfig:
 def to_dict(config: Any) -> dict[str, Any]:
     """A plain, YAML-friendly dict of a settings dataclass (tuples become lists)."""
     return dataclasses.asdict(config)
+
+
+@dataclass
+class PreprocessConfig:
+    """`npva preprocess`: what is made from a subject, and where (method.md section 2)."""
+
+    uv_size: int = 256  # side of the position maps
+    image_scale: float = 0.5  # training resolution relative to the images (2048x1334 -> 1024x667)
+    depth: str = "import"  # "import" (MVS depth files), "mesh" (tracked mesh rendered), "none"
+    depth_dir: str | None = (
+        None  # for "import": <dir>/<seq>/<cam>/<frame>.exr|.npz; default <subject>/mvs_depth
+    )
+    depth_scale: float = 1000.0  # multiply imported depth by this to get mm (1000 for metres)
+    mouth_mask: str | None = None  # a UV-space PNG overriding the derived mouth mask
+    mouth_stretch: float = 1.8  # texel cells whose area grows this much over the frames are mouth
+    mouth_dilate: int = 2  # texels added around the derived mouth region
+    stats_list: str | None = None  # frames for the statistics; default splits/train_list.txt, else all

@@ -74,7 +74,9 @@ def project(points: torch.Tensor, camera: Camera) -> tuple[torch.Tensor, torch.T
     z = p[..., 2]
     safe_z = torch.where(z.abs() > 1e-12, z, torch.full_like(z, 1e-12))
     xy = p[..., :2] / safe_z[..., None]
-    uv = torch.stack((K[0, 0] * xy[..., 0] + K[0, 1] * xy[..., 1] + K[0, 2], K[1, 1] * xy[..., 1] + K[1, 2]), -1)
+    uv = torch.stack(
+        (K[0, 0] * xy[..., 0] + K[0, 1] * xy[..., 1] + K[0, 2], K[1, 1] * xy[..., 1] + K[1, 2]), -1
+    )
     return uv, z
 
 
@@ -108,8 +110,15 @@ def pixel_rays(
     return origin, torch.nn.functional.normalize(d_world, dim=-1)
 
 
-def look_at(name: str, centre: np.ndarray, target: np.ndarray, up: np.ndarray, K: np.ndarray,
-            height: int, width: int) -> Camera:
+def look_at(
+    name: str,
+    centre: np.ndarray,
+    target: np.ndarray,
+    up: np.ndarray,
+    K: np.ndarray,
+    height: int,
+    width: int,
+) -> Camera:
     """A camera at `centre` looking at `target`, image y axis roughly along -`up`."""
     centre = np.asarray(centre, np.float64)
     z = np.asarray(target, np.float64) - centre

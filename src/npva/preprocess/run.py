@@ -1,0 +1,326 @@
+"""`npva preprocess`: position maps, masks, depth and statistics for a subject; resumable, shardable.
+
+The unit of work is one frame: its position map and, for every camera, its mask and depth. Frames are
+dealt to shards round-robin in a fixed order, so the union of shards is the whole job. Statistics and the
+UV layout are computed by whichever shard finds every position map present.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from npva import __version__
+from npva.config import PreprocessConfig
+from npva.errors import FormatError, MissingFileError, NpvaError
+from npva.geometry.camera import Camera
+from npva.geometry.mesh import to_face_frame
+from npva.geometry.raster import rasterize_camera
+from npva.io.multiface import (
+    read_bin,
+    read_depth,
+    read_frame_list,
+    read_krt,
+    read_obj,
+    read_png_size,
+    read_transform,
+)
+from npva.io.subject import SubjectLayout
+from npva.preprocess import gendir as gd
+from npva.preprocess.uvlayout import MouthStretch, PositionMapSampler, grid_faces
+
+Frame = tuple[str, str]  # (sequence, frame id)
+
+
+@dataclass
+class Summary:
+    """What a run made, skipped and failed (each failure with its reason)."""
+
+    made: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+    finalized: str = ""
+    seconds: float = 0.0
+
+    def merge(self, other: Summary) -> None:
+        self.made += other.made
+        self.skipped += other.skipped
+        self.failed.extend(other.failed)
+
+    def __str__(self) -> str:
+        lines = [
+            f"preprocess: {self.made} outputs made, {self.skipped} skipped (already done), "
+            f"{len(self.failed)} failed, {self.seconds:.1f} s"
+        ]
+        lines += [f"  failed: {reason}" for reason in self.failed[:50]]
+        if len(self.failed) > 50:
+            lines.append(f"  ... and {len(self.failed) - 50} more")
+        if self.finalized:
+            lines.append(self.finalized)
+        return "\n".join(lines)
+
+
+def parse_shard(text: str | None, environ: dict[str, str] | None = None) -> tuple[int, int]:
+    """'I/N' -> (I, N); None falls back to RANK / WORLD_SIZE (torchrun, cluster launchers), else 0/1."""
+    environ = os.environ if environ is None else environ
+    if text is None:
+        if "RANK" in environ and "WORLD_SIZE" in environ:
+            text = f"{environ['RANK']}/{environ['WORLD_SIZE']}"
+        else:
+            return 0, 1
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError as exc:
+        raise NpvaError(f"shard must look like I/N (e.g. 0/4), got {text!r}") from exc
+    if count < 1 or not 0 <= index < count:
+        raise NpvaError(f"shard {text!r}: need 0 <= I < N")
+    return index, count
+
+
+@dataclass
+class Context:
+    """Everything a worker needs to process frames (picklable)."""
+
+    subject: Path
+    gendir: Path
+    config: PreprocessConfig
+    cameras: dict[str, Camera]
+    sampler: PositionMapSampler
+    num_verts: int
+
+
+def _training_camera(camera: Camera, image_path: Path, scale: float) -> Camera:
+    height, width = read_png_size(image_path)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return camera.with_size(height, width).resized(*size)
+
+
+def _load_world_verts(layout: SubjectLayout, seq: str, frame: str, num_verts: int) -> np.ndarray:
+    """(V, 3) world-frame vertices, from the .bin when present (fast), else the OBJ."""
+    bin_path = layout.mesh_bin(seq, frame)
+    if bin_path.is_file():
+        return read_bin(bin_path, num_verts)
+    verts = read_obj(layout.mesh_obj(seq, frame)).verts
+    if len(verts) != num_verts:
+        raise FormatError(layout.mesh_obj(seq, frame), f"expected {num_verts} vertices, got {len(verts)}")
+    return verts
+
+
+def _imported_depth(ctx: Context, seq: str, cam: str, frame: str, shape: tuple[int, int]):
+    """Imported MVS depth in mm resized (nearest) to `shape`, or None when no file exists."""
+    root = Path(ctx.config.depth_dir) if ctx.config.depth_dir else ctx.subject / "mvs_depth"
+    for suffix in (".exr", ".npz"):
+        path = root / seq / cam / f"{frame}{suffix}"
+        if path.is_file():
+            depth = read_depth(path, scale=ctx.config.depth_scale)
+            if depth.shape != shape:
+                depth = cv2.resize(depth, shape[::-1], interpolation=cv2.INTER_NEAREST)
+            return depth
+    return None
+
+
+def process_frame(ctx: Context, seq: str, frame: str) -> Summary:
+    """Make the missing outputs of one frame; never raises for bad input, reports it instead."""
+    summary = Summary()
+    layout, out = SubjectLayout(ctx.subject), gd.GenDir(ctx.gendir)
+    size = ctx.config.uv_size
+    try:
+        world = _load_world_verts(layout, seq, frame, ctx.num_verts)
+        if gd.posmap_ok(out.posmap(seq, frame), size):
+            summary.skipped += 1
+        else:
+            R, t = read_transform(layout.transform(seq, frame))
+            gd.write_npy(out.posmap(seq, frame), ctx.sampler.position_map(to_face_frame(world, R, t)))
+            summary.made += 1
+    except (NpvaError, OSError) as exc:
+        summary.failed.append(f"{seq} {frame}: {exc}")
+        return summary
+    verts = torch.as_tensor(world, dtype=torch.float32)
+    for cam, camera in ctx.cameras.items():
+        try:
+            summary.merge(_process_view(ctx, layout, out, verts, seq, cam, frame, camera))
+        except (NpvaError, OSError) as exc:
+            summary.failed.append(f"{seq} {frame} camera {cam}: {exc}")
+    return summary
+
+
+def _process_view(ctx, layout, out, verts, seq, cam, frame, camera) -> Summary:
+    summary = Summary()
+    image = layout.image(seq, cam, frame)
+    if not image.is_file():
+        raise MissingFileError(image, "image")
+    camera = _training_camera(camera, image, ctx.config.image_scale)
+    shape = (camera.height, camera.width)
+    mask_path, depth_path = out.mask(seq, cam, frame), out.depth(seq, cam, frame)
+    want_depth = ctx.config.depth != "none"
+    mask_done = gd.mask_ok(mask_path, shape)
+    depth_done = not want_depth or gd.depth_ok(depth_path, shape)
+    summary.skipped += int(mask_done) + int(want_depth and depth_done)
+    if mask_done and depth_done:
+        return summary
+    fragments = rasterize_camera(verts, ctx.sampler.faces, camera)
+    if not mask_done:
+        gd.write_mask(mask_path, (fragments.face_id >= 0).numpy())
+        summary.made += 1
+    if not depth_done:
+        if ctx.config.depth == "mesh":
+            depth = fragments.depth.numpy()
+        else:
+            depth = _imported_depth(ctx, seq, cam, frame, shape)
+            if depth is None:
+                summary.failed.append(f"{seq} {frame} camera {cam}: no MVS depth file")
+                return summary
+        gd.write_depth_npz(depth_path, depth)
+        summary.made += 1
+    return summary
+
+
+# ---- orchestration -------------------------------------------------------------------------------
+
+_WORKER_CONTEXT: Context | None = None
+
+
+def _init_worker(ctx: Context) -> None:
+    global _WORKER_CONTEXT
+    torch.set_num_threads(1)
+    _WORKER_CONTEXT = ctx
+
+
+def _worker(frame: Frame) -> Summary:
+    assert _WORKER_CONTEXT is not None
+    return process_frame(_WORKER_CONTEXT, *frame)
+
+
+def _run_frames(ctx: Context, frames: list[Frame], workers: int, progress: bool) -> Summary:
+    summary = Summary()
+    bar = tqdm(total=len(frames), desc="preprocess", unit="frame", disable=not progress)
+    if workers <= 1:
+        results: Iterable[Summary] = (process_frame(ctx, *f) for f in frames)
+        for result in results:
+            summary.merge(result)
+            bar.update()
+    else:
+        spawn = get_context("spawn")  # fork after torch has started threads can deadlock
+        with ProcessPoolExecutor(workers, spawn, _init_worker, (ctx,)) as pool:
+            for result in pool.map(_worker, frames, chunksize=4):
+                summary.merge(result)
+                bar.update()
+    bar.close()
+    return summary
+
+
+def _stats_frames(subject: Path, config: PreprocessConfig, frames: list[Frame]) -> list[Frame]:
+    if config.stats_list:
+        return read_frame_list(Path(config.stats_list))
+    train = SubjectLayout(subject).split_list("train")
+    return read_frame_list(train) if train.is_file() else frames
+
+
+def finalize(ctx: Context, stats_frames: list[Frame]) -> str:
+    """Statistics, UV grid mesh and mouth mask, once every statistics position map exists."""
+    out, size = gd.GenDir(ctx.gendir), ctx.config.uv_size
+    missing = [f for f in stats_frames if not gd.posmap_ok(out.posmap(*f), size)]
+    if missing:
+        return f"statistics wait for {len(missing)} position maps (other shards or failed frames)"
+    coverage = ctx.sampler.coverage
+    stretch = MouthStretch(coverage)
+    total, total_sq = np.zeros((size, size, 3)), np.zeros((size, size, 3))
+    for seq, frame in stats_frames:
+        posmap = gd.read_posmap(out.posmap(seq, frame), size).astype(np.float64)
+        total += posmap
+        total_sq += posmap**2
+        stretch.add(posmap)
+    mean = total / len(stats_frames)
+    per_texel = np.maximum(total_sq / len(stats_frames) - mean**2, 0.0)
+    variance = float(per_texel[coverage].mean())
+    if ctx.config.mouth_mask:
+        mouth = gd.read_mask(Path(ctx.config.mouth_mask))
+        if mouth.shape != coverage.shape:
+            raise FormatError(ctx.config.mouth_mask, f"expected a {size}x{size} mask")
+    else:
+        mouth = stretch.mask(ctx.config.mouth_stretch, ctx.config.mouth_dilate)
+    gd.write_stats(out, mean, variance)
+    gd.write_uv_layout(out, coverage, grid_faces(coverage), mouth)
+    return (
+        f"statistics over {len(stats_frames)} frames: std {np.sqrt(variance):.2f} mm; "
+        f"{int(coverage.sum())} covered texels, {int(mouth.sum())} mouth texels"
+    )
+
+
+def _count_outputs(out: gd.GenDir) -> dict[str, int]:
+    """Files present under each output folder (all shards together)."""
+    folders = {"posmaps": "posMap", "masks": "rast_mask", "depths": "depths"}
+    return {
+        name: sum(1 for p in (out.root / folder).rglob("*") if p.is_file() and not p.name.startswith("."))
+        for name, folder in folders.items()
+    }
+
+
+def _check_manifest(out: gd.GenDir, settings: dict) -> None:
+    manifest = gd.read_manifest(out)
+    if manifest is not None and manifest.get("settings") != settings:
+        raise NpvaError(
+            f"{out.manifest}: this gendir was made with other settings "
+            f"({manifest.get('settings')}); use another --gendir or delete it"
+        )
+
+
+def preprocess_subject(
+    subject: Path,
+    config: PreprocessConfig,
+    gendir: Path | None = None,
+    shard: tuple[int, int] = (0, 1),
+    workers: int = 1,
+    progress: bool = True,
+) -> Summary:
+    """Run (or resume) this shard's part of preprocessing; finalize when everything is present."""
+    if config.depth not in ("import", "mesh", "none"):
+        raise NpvaError(f"depth must be import, mesh or none, got {config.depth!r}")
+    start = time.perf_counter()
+    layout = SubjectLayout(subject)
+    out = gd.GenDir(gendir or subject / "gendir")
+    settings = dataclasses.asdict(config)
+    _check_manifest(out, settings)
+    cameras = read_krt(layout.krt)
+    frames = read_frame_list(layout.frame_list)
+    if not frames:
+        raise FormatError(layout.frame_list, "no frames listed")
+    template = read_obj(layout.mesh_obj(*frames[0]))
+    ctx = Context(
+        subject=subject,
+        gendir=out.root,
+        config=config,
+        cameras=cameras,
+        sampler=PositionMapSampler(template, config.uv_size),
+        num_verts=len(template.verts),
+    )
+    index, count = shard
+    summary = _run_frames(ctx, frames[index::count], workers, progress)
+    summary.finalized = finalize(ctx, _stats_frames(subject, config, frames))
+    gd.write_json(
+        out.manifest,
+        {
+            "format_version": gd.FORMAT_VERSION,
+            "npva_version": __version__,
+            "settings": settings,
+            "subject": str(subject),
+            "frames": len(frames),
+            "cameras": list(cameras),
+            "template_vertices": ctx.num_verts,
+            "produced": _count_outputs(out),
+            "statistics": summary.finalized,
+        },
+    )
+    summary.seconds = time.perf_counter() - start
+    return summary
