@@ -50,6 +50,8 @@ class QueryConfig:
 
     k: int = 8
     radius_mm: float = 4.0
+    cell_fraction: float = 0.5  # grid cell side of the neighbour index, as a fraction of the radius
+    max_candidates: int = 1 << 23  # (queries x candidates) entries per query chunk: bounds memory
 
 
 @dataclass
@@ -65,6 +67,7 @@ class DecoderConfig:
     pointnerf_hidden: int = 256
     leaky_slope: float = 0.2
     density_shift: float = 1.0  # sigma = softplus(raw - shift)
+    colour_margin: float = 0.001  # c = (1 + 2 margin) sigmoid(raw) - margin: 1.002 sigmoid - 0.001
     min_distance_mm: float = 1e-6  # inverse-distance weights use max(|p - x|, this)
     last_delta: float = 1e10  # the last valid sample is made opaque
 

@@ -1,0 +1,249 @@
+"""Radiance decoding at shading points from their neural-point neighbours (method.md section 7).
+
+Both decoders take the K nearest neural points of N shading points:
+    features (N,K,C), offsets_world (N,K,3) = p_k - x in world, offsets_camera (N,K,3) = p_k - x in the
+    camera frame, valid (N,K) bool (empty neighbour slots are False), ray_dirs (N,3) unit world directions
+and return sigma (N,) >= 0 and rgb (N,3). Neighbours are blended with inverse-distance weights computed
+from offsets_world, restricted to valid slots and normalized to sum 1. Invalid slots may hold anything
+(even NaN): they never reach the output or receive gradient. Rows without a valid neighbour give
+sigma 0 and rgb 0.
+
+- RadianceDecoder (lightweight, the method's choice): aggregate first, decode once per shading point.
+- PointNeRFDecoder (ablation): an MLP per neighbour, its outputs blended, then the same kind of heads;
+  about 8x the multiply-adds (docs/model.md has the counts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from npva.config import DecoderConfig
+from npva.model.encoding import encoded_width, positional_encoding
+from npva.model.networks import ConfigError
+
+OFFSET_CHANNELS = 6  # [p_k - x in world ; p_k - x in camera frame]
+DIRECTION_CHANNELS = 3
+RGB_CHANNELS = 3
+
+
+def inverse_distance_weights(
+    offsets_world: torch.Tensor, valid: torch.Tensor, min_distance: float
+) -> torch.Tensor:
+    """w_k = 1 / max(|p_k - x|, min_distance) over the valid slots, normalized to sum 1 per row.
+
+    offsets_world: (N,K,3); valid: (N,K) bool. Returns (N,K); zero on invalid slots and on rows without
+    any valid slot. Differentiable w.r.t. offsets_world (zero gradient where the distance is clamped).
+    """
+    offsets = torch.where(valid.unsqueeze(-1), offsets_world, 0.0)  # keeps NaN out of the gradient
+    squared = offsets.pow(2).sum(-1)
+    distance = torch.sqrt(squared.clamp_min(min_distance**2))  # = max(|p - x|, min_distance)
+    inverse = torch.where(valid, 1.0 / distance, 0.0)
+    total = inverse.sum(-1, keepdim=True)
+    return inverse / torch.where(total > 0, total, 1.0)
+
+
+def _linear(in_features: int, out_features: int, gain: float) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features)
+    nn.init.xavier_uniform_(layer.weight, gain=gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def leaky_mlp(widths: Sequence[int], leaky_slope: float, activate_last: bool) -> nn.Sequential:
+    """Linear layers widths[0] -> widths[1] -> ... with LeakyReLU between them (and after the last
+    one with `activate_last`). Xavier-uniform weights with the LeakyReLU gain for layers followed by an
+    activation, gain 1 otherwise; zero biases."""
+    activation_gain = nn.init.calculate_gain("leaky_relu", leaky_slope)
+    layers: list[nn.Module] = []
+    num_layers = len(widths) - 1
+    for i in range(num_layers):
+        activated = activate_last or i < num_layers - 1
+        layers.append(_linear(widths[i], widths[i + 1], activation_gain if activated else 1.0))
+        if activated:
+            layers.append(nn.LeakyReLU(leaky_slope))
+    return nn.Sequential(*layers)
+
+
+def _check_decoder_config(cfg: DecoderConfig) -> None:
+    for name in ("feature_dim", "hidden", "pointnerf_hidden"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"DecoderConfig.{name} must be positive, got {getattr(cfg, name)}")
+    for name in ("feature_frequencies", "offset_frequencies", "direction_frequencies"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"DecoderConfig.{name} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.min_distance_mm <= 0:
+        raise ConfigError(f"DecoderConfig.min_distance_mm must be positive, got {cfg.min_distance_mm}")
+
+
+class _NeighbourDecoder(nn.Module):
+    """What both decoders share: input checks, the shading code h and the output activations."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        _check_decoder_config(cfg)
+        self.cfg = cfg
+        # h = [f, PE(f), PE(offset)]: 32 + 192 + 60 = 284 at the published sizes
+        self.code_width = (
+            cfg.feature_dim
+            + encoded_width(cfg.feature_dim, cfg.feature_frequencies, include_input=False)
+            + encoded_width(OFFSET_CHANNELS, cfg.offset_frequencies, include_input=False)
+        )
+        self.direction_width = encoded_width(
+            DIRECTION_CHANNELS, cfg.direction_frequencies, include_input=False
+        )
+
+    def _check_inputs(
+        self,
+        features: torch.Tensor,
+        offsets_world: torch.Tensor,
+        offsets_camera: torch.Tensor,
+        valid: torch.Tensor,
+        ray_dirs: torch.Tensor,
+    ) -> None:
+        if features.dim() != 3:
+            raise ValueError(f"features must have shape (N,K,C), got {tuple(features.shape)}")
+        n, k, c = features.shape
+        if c != self.cfg.feature_dim:
+            raise ConfigError(
+                f"features have {c} channels but DecoderConfig.feature_dim is {self.cfg.feature_dim} "
+                "(it must equal ModelConfig.feature_channels[-1])"
+            )
+        expected = {
+            "offsets_world": (offsets_world, (n, k, 3)),
+            "offsets_camera": (offsets_camera, (n, k, 3)),
+            "valid": (valid, (n, k)),
+            "ray_dirs": (ray_dirs, (n, DIRECTION_CHANNELS)),
+        }
+        for name, (tensor, shape) in expected.items():
+            if tuple(tensor.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+        if valid.dtype != torch.bool:
+            raise ValueError(f"valid must be a bool tensor, got {valid.dtype}")
+
+    def _masked_neighbours(
+        self,
+        features: torch.Tensor,
+        offsets_world: torch.Tensor,
+        offsets_camera: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (N,K,C) and offsets (N,K,6), zero in invalid slots (so they cannot carry NaN)."""
+        mask = valid.unsqueeze(-1)
+        offsets = torch.cat([offsets_world, offsets_camera], dim=-1)
+        return torch.where(mask, features, 0.0), torch.where(mask, offsets, 0.0)
+
+    def _shading_code(self, features: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """h = [f, PE(f), PE(offsets)]: (...,C), (...,6) -> (..., code_width)."""
+        cfg = self.cfg
+        return torch.cat(
+            [
+                features,
+                positional_encoding(features, cfg.feature_frequencies, include_input=False),
+                positional_encoding(offsets, cfg.offset_frequencies, include_input=False),
+            ],
+            dim=-1,
+        )
+
+    def _radiance(
+        self,
+        density_mlp: nn.Module,
+        colour_mlp: nn.Module,
+        code: torch.Tensor,
+        ray_dirs: torch.Tensor,
+        has_valid: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """sigma = softplus(raw - shift), rgb = (1 + 2m) sigmoid(raw) - m; zero on empty rows.
+
+        code: (N,D); ray_dirs: (N,3); has_valid: (N,) bool. Returns sigma (N,), rgb (N,3).
+        """
+        cfg = self.cfg
+        sigma = F.softplus(density_mlp(code).squeeze(-1) - cfg.density_shift)
+        directions = positional_encoding(ray_dirs, cfg.direction_frequencies, include_input=False)
+        raw_rgb = colour_mlp(torch.cat([code, directions], dim=-1))
+        rgb = (1 + 2 * cfg.colour_margin) * torch.sigmoid(raw_rgb) - cfg.colour_margin
+        return torch.where(has_valid, sigma, 0.0), torch.where(has_valid.unsqueeze(-1), rgb, 0.0)
+
+
+class RadianceDecoder(_NeighbourDecoder):
+    """Lightweight decoding: aggregate the neighbours, then decode once per shading point.
+
+    f̄ = sum_k w_k f_k, delta = sum_k w_k [p_k - x world ; camera], h = [f̄, PE_3(f̄), PE_5(delta)];
+    density MLP h -> hidden -> 1; colour MLP [h, PE_4(d)] -> hidden -> hidden -> hidden -> 3.
+    """
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__(cfg)
+        self.density_mlp = leaky_mlp([self.code_width, cfg.hidden, 1], cfg.leaky_slope, False)
+        self.colour_mlp = leaky_mlp(
+            [self.code_width + self.direction_width, cfg.hidden, cfg.hidden, cfg.hidden, RGB_CHANNELS],
+            cfg.leaky_slope,
+            False,
+        )
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        offsets_world: torch.Tensor,
+        offsets_camera: torch.Tensor,
+        valid: torch.Tensor,
+        ray_dirs: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_inputs(features, offsets_world, offsets_camera, valid, ray_dirs)
+        weights = inverse_distance_weights(offsets_world, valid, self.cfg.min_distance_mm)
+        features, offsets = self._masked_neighbours(features, offsets_world, offsets_camera, valid)
+        mean_feature = torch.einsum("nk,nkc->nc", weights, features)
+        mean_offset = torch.einsum("nk,nkc->nc", weights, offsets)
+        code = self._shading_code(mean_feature, mean_offset)
+        return self._radiance(self.density_mlp, self.colour_mlp, code, ray_dirs, valid.any(-1))
+
+
+class PointNeRFDecoder(_NeighbourDecoder):
+    """Point-NeRF style decoding (ablation): decode every neighbour, then blend.
+
+    g_k = MLP_n(h_k), h_k = [f_k, PE_3(f_k), PE_5(delta_k)], MLP_n: code -> pointnerf_hidden -> hidden
+    with LeakyReLU after both layers; g = sum_k w_k g_k; density MLP g -> hidden -> 1; colour MLP
+    [g, PE_4(d)] -> hidden -> hidden -> hidden -> 3.
+    """
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__(cfg)
+        self.neighbour_mlp = leaky_mlp(
+            [self.code_width, cfg.pointnerf_hidden, cfg.hidden], cfg.leaky_slope, True
+        )
+        self.density_mlp = leaky_mlp([cfg.hidden, cfg.hidden, 1], cfg.leaky_slope, False)
+        self.colour_mlp = leaky_mlp(
+            [cfg.hidden + self.direction_width, cfg.hidden, cfg.hidden, cfg.hidden, RGB_CHANNELS],
+            cfg.leaky_slope,
+            False,
+        )
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        offsets_world: torch.Tensor,
+        offsets_camera: torch.Tensor,
+        valid: torch.Tensor,
+        ray_dirs: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_inputs(features, offsets_world, offsets_camera, valid, ray_dirs)
+        weights = inverse_distance_weights(offsets_world, valid, self.cfg.min_distance_mm)
+        features, offsets = self._masked_neighbours(features, offsets_world, offsets_camera, valid)
+        per_neighbour = self.neighbour_mlp(self._shading_code(features, offsets))  # (N,K,hidden)
+        blended = torch.einsum("nk,nkc->nc", weights, per_neighbour)
+        return self._radiance(self.density_mlp, self.colour_mlp, blended, ray_dirs, valid.any(-1))
+
+
+DECODER_VARIANTS = {"lightweight": RadianceDecoder, "pointnerf": PointNeRFDecoder}
+
+
+def make_radiance_decoder(cfg: DecoderConfig) -> RadianceDecoder | PointNeRFDecoder:
+    """The decoder named by cfg.variant."""
+    if cfg.variant not in DECODER_VARIANTS:
+        raise ConfigError(
+            f"DecoderConfig.variant must be one of {sorted(DECODER_VARIANTS)}, got {cfg.variant!r}"
+        )
+    return DECODER_VARIANTS[cfg.variant](cfg)
