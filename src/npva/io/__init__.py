@@ -1,0 +1,47 @@
+"""Reading and writing subjects in the Multiface layout, and checking them."""
+
+from npva.io.multiface import (
+    load_camera_image,
+    read_bin,
+    read_camera_split,
+    read_depth,
+    read_depth_size,
+    read_frame_list,
+    read_image,
+    read_image_size,
+    read_krt,
+    read_obj,
+    read_transform,
+    write_bin,
+    write_camera_split,
+    write_depth,
+    write_frame_list,
+    write_image,
+    write_krt,
+    write_obj,
+    write_transform,
+)
+from npva.io.subject import SubjectLayout
+
+__all__ = [
+    "SubjectLayout",
+    "load_camera_image",
+    "read_bin",
+    "read_camera_split",
+    "read_depth",
+    "read_depth_size",
+    "read_frame_list",
+    "read_image",
+    "read_image_size",
+    "read_krt",
+    "read_obj",
+    "read_transform",
+    "write_bin",
+    "write_camera_split",
+    "write_depth",
+    "write_frame_list",
+    "write_image",
+    "write_krt",
+    "write_obj",
+    "write_transform",
+]
