@@ -100,3 +100,51 @@ class PreprocessConfig:
     mouth_stretch: float = 1.8  # texel cells whose area grows this much over the frames are mouth
     mouth_dilate: int = 2  # texels added around the derived mouth region
     stats_list: str | None = None  # frames for the statistics; default splits/train_list.txt, else all
+
+
+@dataclass
+class DataConfig:
+    """Training samples: one (frame, camera) image per step (method.md section 8)."""
+
+    frames: str = "train"  # split name (splits/<name>_list.txt) or a path to a "<seq> <frame>" list
+    cameras: tuple[str, ...] = ()  # cameras to train on; empty: every camera (the authors used 400029 only)
+    camera_split: bool = False  # keep only the training cameras of splits/camera_split.json
+    texture_size: int = 1024  # side the average texture is resized to; must equal ModelConfig.texture_size
+    image_cache: str = "png"  # photos resized to the training size kept on disk: "png", "npy" or "none"
+    cache_dir: str | None = None  # where the cache lives; default <gendir>/image_cache
+    skip_unreadable: bool = True  # a sample whose files cannot be read is replaced by the next readable one
+
+
+@dataclass
+class GEPConfig:
+    """Grid-Error-Patch ray sampling (method.md section 8); phases by epoch (35 epochs published)."""
+
+    error_start: int = 10  # grid phase for epochs [0, error_start)
+    patch_start: int = 25  # error phase for [error_start, patch_start); patch phase from here on
+    grid_stride_x: int = 2  # grid phase: every 2nd column ...
+    grid_stride_y: int = 3  # ... and every 3rd row, from a random offset (at 1024x667)
+    error_rays: int = 115600  # error phase: rays per step (340^2), shared among the cells by error
+    error_cells: int = 8  # the error map of an image has error_cells x error_cells cells
+    error_momentum: float | None = None  # None: true running mean of every pixel error seen in a cell;
+    # m in [0, 1): exponential running mean, cell = m * cell + (1 - m) * mean error of this step's rays
+    patch_size: int = 340  # patch phase: one patch_size x patch_size square (clipped to the image)
+
+
+@dataclass
+class LossConfig:
+    """Loss weights and their constants (method.md section 8)."""
+
+    rgb_weight: float = 5.0
+    lpips_weight: float = 0.1  # patch phase only
+    depth_weight: float = 0.1
+    rast_depth_weight: float = 0.2
+    mesh_weight: float = 0.2
+    smooth_weight: float = 1.0
+    kl_weight: float = 0.001
+    displacement_weight: float = 0.1
+    depth_threshold_mm: float = 10.0  # depth terms use rays whose error is below this
+    smooth_beta_mm: float = 4.0  # smooth-L1 transition of the smoothness term
+    displacement_threshold_mm: float = 10.0  # displacements longer than this are penalized
+    mesh_norm: str = "l1"  # per-texel distance of the mesh term: "l1" (sum of |dx|) or "l2" (Euclidean)
+    lpips_weights: str | None = None  # LPIPS-VGG weight files, os.pathsep-separated; env NPVA_LPIPS_WEIGHTS
+    lpips_substitute: str = "vgg"  # without LPIPS weights: ST-LPIPS "vgg"/"alex" (shipped) or a .pth path

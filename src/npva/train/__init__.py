@@ -1,0 +1,1 @@
+"""Training: samples and ray sampling, losses, the training loop, checkpoints and distributed runs."""
