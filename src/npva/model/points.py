@@ -1,0 +1,94 @@
+"""Neural points and the rasterized guide depth (method.md section 4).
+
+Maps are channel-first tensors in image layout (row 0 is v = 1), as the decoders produce them:
+coarse map (3, S, S) in the face frame, displacement (3, P, P) in mm, features (C, P, P). Every
+texel of the P x P maps is a neural point; texel (i, j) has flat index i * P + j.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from npva.geometry.camera import Camera
+from npva.geometry.mesh import to_world
+from npva.geometry.raster import rasterize_camera
+
+
+@dataclass
+class NeuralPoints:
+    """positions (N, 3) world, features (N, C), texel_index (N,) long flat texel of each point."""
+
+    positions: torch.Tensor
+    features: torch.Tensor
+    texel_index: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.positions.shape[0]
+
+
+def upsample_coarse_map(coarse_map: torch.Tensor, size: int) -> torch.Tensor:
+    """(3, S, S) -> (3, size, size), bilinear with align_corners=False (texel centres aligned)."""
+    return F.interpolate(coarse_map[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+
+
+def point_texel_mask(coverage: torch.Tensor, size: int) -> torch.Tensor:
+    """(S, S) bool UV coverage -> (size, size) bool.
+
+    Nearest upsampling: each texel takes the value of the coverage texel holding its centre.
+    """
+    src = coverage.shape[0]
+    centre = (2 * torch.arange(size, device=coverage.device) + 1) * src // (2 * size)
+    return coverage[centre[:, None], centre[None, :]]
+
+
+def build_neural_points(
+    coarse_map: torch.Tensor,
+    displacement: torch.Tensor,
+    features: torch.Tensor,
+    rotation: torch.Tensor,
+    translation: torch.Tensor,
+    texel_mask: torch.Tensor | None = None,
+) -> NeuralPoints:
+    """Neural points of one frame.
+
+    coarse_map (3, S, S) face frame; displacement (3, P, P); features (C, P, P); rotation (3, 3) and
+    translation (3,) the head pose (x_world = R x_face + t); texel_mask (P, P) bool keeps only those
+    texels (None keeps all). Position = upsampled coarse map + displacement, moved to world.
+    Differentiable with respect to the three maps.
+    """
+    size = displacement.shape[-1]
+    if displacement.shape != (3, size, size) or features.shape[1:] != (size, size):
+        raise ValueError(
+            f"displacement (3, P, P) and features (C, P, P) must share P, got "
+            f"{tuple(displacement.shape)} and {tuple(features.shape)}"
+        )
+    face = upsample_coarse_map(coarse_map, size) + displacement  # (3, P, P)
+    positions = to_world(face.reshape(3, -1).T, rotation, translation)  # (P*P, 3)
+    feats = features.reshape(features.shape[0], -1).T  # (P*P, C)
+    texel_index = torch.arange(size * size, device=positions.device)
+    if texel_mask is not None:
+        texel_index = texel_index[texel_mask.reshape(-1)]
+        positions = positions[texel_index]
+        feats = feats[texel_index]
+    return NeuralPoints(positions=positions, features=feats, texel_index=texel_index)
+
+
+def coarse_vertices_world(
+    coarse_map: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor
+) -> torch.Tensor:
+    """(3, S, S) face-frame coarse map -> (S*S, 3) world vertices of the UV grid mesh (index i*S + j)."""
+    return to_world(coarse_map.reshape(3, -1).T, rotation, translation)
+
+
+def rasterize_guide(vertices_world: torch.Tensor, grid_faces: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """Camera-z map of the UV grid mesh: (V, 3) world vertices, (F, 3) faces -> (H, W), 0 = background.
+
+    The camera must carry its image size. Differentiable with respect to the vertices: the depth of a
+    pixel is the camera z of the front triangle interpolated with perspective-correct barycentrics.
+    """
+    if camera.height is None or camera.width is None:
+        raise ValueError(f"camera {camera.name}: image size unknown, cannot rasterize the guide")
+    return rasterize_camera(vertices_world, grid_faces, camera).depth

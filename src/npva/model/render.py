@@ -1,0 +1,311 @@
+"""Rendering one frame from one camera (method.md sections 4 to 7).
+
+Per frame, once (`build_scene`): the coarse map in the face frame, its UV grid mesh rasterized into the
+camera (the guide depth), the neural points, their neighbour index and their occupancy grid.
+Per chunk of `RenderConfig.chunk_rays` rays (`render_rays`): depth-guided candidates, the kept shading
+points, their K nearest neural points, radiance decoding and compositing. A chunk's intermediate
+tensors are bounded by chunk_rays x max_samples x K x C and by QueryConfig.max_candidates; without
+gradient only the per-ray outputs grow with the number of rays. With gradient, autograd keeps every
+chunk's activations until the backward pass.
+
+Background: a ray's colour is blended over a background colour by its transmittance,
+colour + (1 - opacity) background. Rays without samples (opacity 0) show the background; the default
+black background is the published behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from npva.config import RenderConfig
+from npva.geometry.camera import Camera, pixel_rays
+from npva.geometry.mesh import uv_grid_faces
+from npva.model.compositing import composite
+from npva.model.networks import AvatarNetwork, DecodedMaps, coarse_map
+from npva.model.points import (
+    NeuralPoints,
+    build_neural_points,
+    coarse_vertices_world,
+    point_texel_mask,
+    rasterize_guide,
+)
+from npva.model.query import NeighbourIndex
+from npva.model.sampling import (
+    OccupancyGrid,
+    candidate_positions,
+    depth_guided_candidates,
+    optical_axis,
+    select_shading_points,
+)
+
+
+@dataclass
+class UVTemplate:
+    """What rendering needs of a subject's UV layout and position-map statistics.
+
+    mean_map: (3, S, S) per-texel mean position map, face frame, channels first.
+    std: the scalar std s of the position maps (coarse map = s * o + mean).
+    coverage: (S, S) bool texels inside the UV islands.
+    grid_faces: (F, 3) long UV grid mesh over the covered texels (vertex i * S + j).
+    """
+
+    mean_map: torch.Tensor
+    std: float
+    coverage: torch.Tensor
+    grid_faces: torch.Tensor
+
+    @classmethod
+    def from_coverage(cls, mean_map: torch.Tensor, std: float, coverage: torch.Tensor) -> UVTemplate:
+        """The template whose grid mesh joins the covered texels of `coverage`."""
+        coverage = torch.as_tensor(coverage, dtype=torch.bool, device=mean_map.device)
+        faces = uv_grid_faces(coverage).to(mean_map.device)
+        return cls(mean_map=mean_map, std=float(std), coverage=coverage, grid_faces=faces)
+
+    def to(self, device: torch.device | str) -> UVTemplate:
+        return UVTemplate(
+            self.mean_map.to(device), self.std, self.coverage.to(device), self.grid_faces.to(device)
+        )
+
+
+@dataclass
+class FrameScene:
+    """Everything built once per rendered frame and camera.
+
+    coarse_map: (3, S, S) face-frame coarse map (differentiable).
+    guide_depth: (H, W) camera z of the rasterized UV grid mesh, 0 = background (differentiable with
+        respect to the coarse map; sampling reads it without gradient).
+    points: the neural points (differentiable positions and features).
+    index, occupancy: built on the detached point positions.
+    """
+
+    camera: Camera
+    coarse_map: torch.Tensor
+    guide_depth: torch.Tensor
+    points: NeuralPoints
+    index: NeighbourIndex
+    occupancy: OccupancyGrid
+
+
+@dataclass
+class RayBatch:
+    """Per-ray results of R rays.
+
+    colour (R, 3) over the background; depth (R,) composited camera z (0 where nothing is hit);
+    opacity (R,); num_samples (R,) long kept shading points; guide_depth (R,) the guide depth at each
+    ray's pixel (differentiable, 0 = background).
+    """
+
+    colour: torch.Tensor
+    depth: torch.Tensor
+    opacity: torch.Tensor
+    num_samples: torch.Tensor
+    guide_depth: torch.Tensor
+
+
+@dataclass
+class RenderOutput:
+    """A rendered frame: per-ray results for `pixels` (R, 2) long (x, y), and what produced them.
+
+    maps: the decoded UV maps (batch of 1); mu, logstd: the posterior when the encoder ran, else None.
+    """
+
+    pixels: torch.Tensor
+    rays: RayBatch
+    scene: FrameScene
+    maps: DecodedMaps
+    mu: torch.Tensor | None = None
+    logstd: torch.Tensor | None = None
+
+    def to_image(self, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """Per-ray values (R, ...) -> (H, W, ...) at the rendered pixels, `fill` elsewhere."""
+        camera = self.scene.camera
+        image = values.new_full((camera.height, camera.width, *values.shape[1:]), fill)
+        image[self.pixels[:, 1], self.pixels[:, 0]] = values
+        return image
+
+
+def all_pixels(height: int, width: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(H * W, 2) long (x, y) of every pixel, row by row."""
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
+    )
+    return torch.stack((xs.reshape(-1), ys.reshape(-1)), 1)
+
+
+def build_scene(
+    maps: DecodedMaps,
+    template: UVTemplate,
+    rotation: torch.Tensor,
+    translation: torch.Tensor,
+    camera: Camera,
+    cfg: RenderConfig,
+    mask_points: bool = True,
+) -> FrameScene:
+    """The per-frame state of one rendering.
+
+    maps: decoded maps of one frame (batch of 1); rotation (3, 3), translation (3,): head pose,
+    x_world = R x_face + t; camera with its image size; mask_points keeps only the points whose texel
+    lies inside the UV islands.
+    """
+    if maps.coarse_offset.shape[0] != 1:
+        raise ValueError(f"one frame per rendering, got a batch of {maps.coarse_offset.shape[0]}")
+    device, dtype = maps.coarse_offset.device, maps.coarse_offset.dtype
+    rotation = torch.as_tensor(rotation, dtype=dtype, device=device)
+    translation = torch.as_tensor(translation, dtype=dtype, device=device)
+    coarse = coarse_map(maps.coarse_offset, template.mean_map, template.std)[0]  # (3, S, S)
+    vertices = coarse_vertices_world(coarse, rotation, translation)
+    guide_depth = rasterize_guide(vertices, template.grid_faces, camera)
+    size = maps.displacement.shape[-1]
+    mask = point_texel_mask(template.coverage, size) if mask_points else None
+    points = build_neural_points(coarse, maps.displacement[0], maps.features[0], rotation, translation, mask)
+    detached = points.positions.detach()
+    index = NeighbourIndex(
+        detached,
+        cfg.query.radius_mm,
+        cfg.query.k,
+        cell_fraction=cfg.query.cell_fraction,
+        max_candidates=cfg.query.max_candidates,
+    )
+    sampling = cfg.sampling
+    occupancy = OccupancyGrid(detached, sampling.occupancy_voxel_mm, sampling.occupancy_reach_voxels)
+    return FrameScene(camera, coarse, guide_depth, points, index, occupancy)
+
+
+def render_rays(
+    scene: FrameScene,
+    decoder: torch.nn.Module,
+    pixels: torch.Tensor,
+    cfg: RenderConfig,
+    training: bool = False,
+    generator: torch.Generator | None = None,
+    background: torch.Tensor | None = None,
+) -> RayBatch:
+    """Render the rays through pixels (R, 2) long (x, y), chunk_rays at a time.
+
+    decoder: a radiance decoder (features, offsets_world, offsets_camera, valid, ray_dirs) -> sigma, rgb.
+    training: jitter the candidate bins (drawn from `generator`).
+    background: None (black), a colour (3,) or one colour per ray (R, 3).
+    """
+    if cfg.chunk_rays <= 0:
+        raise ValueError(f"chunk_rays must be positive, got {cfg.chunk_rays}")
+    device = scene.guide_depth.device
+    pixels = pixels.to(device)
+    if background is None:
+        background = torch.zeros(3, device=device)
+    background = background.to(device).expand(pixels.shape[0], 3)
+    # All rays at once, so that a ray's direction (hence its samples) never depends on the chunking.
+    origin, ray_dirs = pixel_rays(scene.camera, pixels.float() + 0.5)  # (3,), (R, 3)
+    chunks = []
+    for lo in range(0, pixels.shape[0], cfg.chunk_rays):
+        part = slice(lo, lo + cfg.chunk_rays)
+        chunks.append(
+            _render_chunk(
+                scene,
+                decoder,
+                pixels[part],
+                origin,
+                ray_dirs[part],
+                cfg,
+                training,
+                generator,
+                background[part],
+            )
+        )
+    return RayBatch(*(torch.cat([getattr(c, f.name) for c in chunks]) for f in fields(RayBatch)))
+
+
+def _render_chunk(
+    scene: FrameScene,
+    decoder: torch.nn.Module,
+    pixels: torch.Tensor,
+    origin: torch.Tensor,
+    ray_dirs: torch.Tensor,
+    cfg: RenderConfig,
+    training: bool,
+    generator: torch.Generator | None,
+    background: torch.Tensor,
+) -> RayBatch:
+    """One chunk of rays: pixels (R, 2), camera centre (3,), unit ray_dirs (R, 3), background (R, 3)."""
+    camera, points = scene.camera, scene.points
+    device = pixels.device
+    cand_z, cand_valid = depth_guided_candidates(scene.guide_depth, pixels, cfg.sampling, training, generator)
+    cand_pos = candidate_positions(origin, ray_dirs, cand_z, optical_axis(camera, device))
+    shading = select_shading_points(cand_z, cand_pos, cand_valid, scene.occupancy, cfg.sampling.max_samples)
+    ray_of_sample, slot_of_sample = shading.valid.nonzero(as_tuple=True)
+    samples = shading.positions[ray_of_sample, slot_of_sample]  # (N, 3)
+    sigma = shading.z.new_zeros(shading.z.shape)
+    rgb = shading.z.new_zeros((*shading.z.shape, 3))
+    if samples.shape[0] > 0:
+        sample_sigma, sample_rgb = _decode_samples(
+            points, scene.index, decoder, samples, ray_dirs[ray_of_sample], camera
+        )
+        sigma = sigma.index_put((ray_of_sample, slot_of_sample), sample_sigma)
+        rgb = rgb.index_put((ray_of_sample, slot_of_sample), sample_rgb)
+    colour, depth, opacity = composite(sigma, rgb, shading.z, shading.valid, cfg.decoder.last_delta)
+    colour = colour + (1.0 - opacity)[:, None] * background
+    guide = scene.guide_depth[pixels[:, 1], pixels[:, 0]]
+    return RayBatch(colour, depth, opacity, shading.counts, guide)
+
+
+def _decode_samples(
+    points: NeuralPoints,
+    index: NeighbourIndex,
+    decoder: torch.nn.Module,
+    samples: torch.Tensor,
+    ray_dirs: torch.Tensor,
+    camera: Camera,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """sigma (N,), rgb (N, 3) at shading points samples (N, 3) seen along ray_dirs (N, 3)."""
+    idx, _ = index.query(samples)  # (N, K)
+    valid = idx >= 0
+    safe = idx.clamp_min(0)
+    offsets_world = points.positions[safe] - samples[:, None, :]  # (N, K, 3)
+    rotation = torch.as_tensor(camera.R, dtype=offsets_world.dtype, device=offsets_world.device)
+    offsets_camera = offsets_world @ rotation.T
+    return decoder(points.features[safe], offsets_world, offsets_camera, valid, ray_dirs)
+
+
+def render(
+    network: AvatarNetwork,
+    decoder: torch.nn.Module,
+    template: UVTemplate,
+    camera: Camera,
+    rotation: torch.Tensor,
+    translation: torch.Tensor,
+    cfg: RenderConfig,
+    *,
+    latent: torch.Tensor | None = None,
+    texture: torch.Tensor | None = None,
+    posmap_normalized: torch.Tensor | None = None,
+    pixels: torch.Tensor | None = None,
+    training: bool | None = None,
+    generator: torch.Generator | None = None,
+    background: torch.Tensor | None = None,
+) -> RenderOutput:
+    """Render one frame from one camera.
+
+    Either `latent` (1, Z, L, L), decoded directly, or the encoder inputs `texture` (1, 3, T, T) and
+    `posmap_normalized` (1, 3, S, S), encoded then sampled (training mode) or taken at the mean.
+    pixels: (R, 2) long (x, y), default every pixel row by row. training: jitter the sampling bins;
+    default network.training. generator: for the latent sample and the jitter. background: see
+    render_rays.
+    """
+    if training is None:
+        training = network.training
+    mu = logstd = None
+    if latent is not None:
+        maps = network.decode(latent)
+    elif texture is not None and posmap_normalized is not None:
+        out = network(texture, posmap_normalized, generator)
+        maps, mu, logstd = out.maps, out.mu, out.logstd
+    else:
+        raise ValueError("render needs a latent, or both texture and posmap_normalized")
+    scene = build_scene(
+        maps, template, rotation, translation, camera, cfg, network.cfg.mask_points_outside_uv
+    )
+    if pixels is None:
+        pixels = all_pixels(camera.height, camera.width, scene.guide_depth.device)
+    rays = render_rays(scene, decoder, pixels, cfg, training, generator, background)
+    return RenderOutput(pixels=pixels, rays=rays, scene=scene, maps=maps, mu=mu, logstd=logstd)

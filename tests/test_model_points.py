@@ -1,0 +1,89 @@
+"""Neural points from a known coarse map, displacement and pose; the rasterized guide depth."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from npva.geometry.camera import Camera
+from npva.geometry.mesh import uv_grid_faces
+from npva.model.points import (
+    build_neural_points,
+    coarse_vertices_world,
+    point_texel_mask,
+    rasterize_guide,
+    upsample_coarse_map,
+)
+
+
+def _pose(angle: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+    c, s = math.cos(angle), math.sin(angle)
+    rotation = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    return rotation, torch.tensor([5.0, -7.0, 100.0])
+
+
+def test_upsampling_is_bilinear_between_texel_centres():
+    # A 2x2 map with a ramp along x: upsampled x4 its texel centres sit at source coordinates
+    # -0.375, -0.125, 0.125, ..., 1.375, clamped to the border texels.
+    coarse = torch.zeros(3, 2, 2)
+    coarse[0, :, 1] = 8.0
+    up = upsample_coarse_map(coarse, 8)
+    assert up.shape == (3, 8, 8)
+    assert up[0, 0].tolist() == [0.0, 0.0, 1.0, 3.0, 5.0, 7.0, 8.0, 8.0]
+    assert (up[0] == up[0, :1]).all() and (up[1:] == 0).all()
+
+
+def test_points_of_a_known_map_displacement_and_pose():
+    coarse = torch.arange(3 * 2 * 2, dtype=torch.float32).reshape(3, 2, 2)
+    displacement = torch.randn(3, 4, 4)
+    features = torch.randn(5, 4, 4)
+    rotation, translation = _pose()
+    points = build_neural_points(coarse, displacement, features, rotation, translation)
+    assert len(points) == 16 and points.features.shape == (16, 5)
+    # Texel (i, j) = point i * 4 + j, at R (up(i, j) + d(i, j)) + t.
+    up = upsample_coarse_map(coarse, 4)
+    i, j = 2, 1
+    face = up[:, i, j] + displacement[:, i, j]
+    expected = rotation @ face + translation
+    assert torch.allclose(points.positions[i * 4 + j], expected, atol=1e-5)
+    assert torch.equal(points.features[i * 4 + j], features[:, i, j])
+    assert points.texel_index.tolist() == list(range(16))
+
+
+def test_texel_mask_keeps_points_inside_the_islands():
+    coverage = torch.tensor([[True, False], [False, True]])
+    mask = point_texel_mask(coverage, 4)
+    expected = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)
+    assert torch.equal(mask, expected)
+    features = torch.arange(16.0).reshape(1, 4, 4)
+    rotation, translation = _pose()
+    points = build_neural_points(
+        torch.zeros(3, 2, 2), torch.zeros(3, 4, 4), features, rotation, translation, mask
+    )
+    assert points.texel_index.tolist() == [0, 1, 4, 5, 10, 11, 14, 15]
+    assert points.features[:, 0].tolist() == [0.0, 1.0, 4.0, 5.0, 10.0, 11.0, 14.0, 15.0]
+    assert torch.allclose(points.positions, translation.expand(8, 3))
+
+
+def test_guide_depth_of_a_plane_and_its_gradient():
+    # A plane of texels at world z = 400 in front of a camera at the origin looking along +z.
+    size = 6
+    xs = torch.linspace(-30.0, 30.0, size)
+    gy, gx = torch.meshgrid(xs, xs, indexing="ij")
+    coarse = torch.stack((gx, gy, torch.zeros_like(gx))).requires_grad_()
+    rotation, translation = torch.eye(3), torch.tensor([0.0, 0.0, 400.0])
+    vertices = coarse_vertices_world(coarse, rotation, translation)
+    assert torch.allclose(vertices[size + 2], torch.tensor([xs[2], xs[1], 400.0]))
+    faces = uv_grid_faces(torch.ones(size, size, dtype=torch.bool))
+    K = np.array([[200.0, 0, 20], [0, 200, 15], [0, 0, 1]])
+    camera = Camera("c", K, np.eye(3), np.zeros(3), height=30, width=40)
+    depth = rasterize_guide(vertices, faces, camera)
+    assert depth.shape == (30, 40)
+    covered = depth > 0
+    # The plane spans +-30 mm at 400 mm: +-15 px around the centre (20, 15).
+    assert covered[15, 20] and covered[2, 8] and not covered[15, 37] and not covered[0, 0]
+    assert torch.allclose(depth[covered], torch.tensor(400.0))
+    depth.sum().backward()
+    assert coarse.grad[2].abs().sum() > 0  # the depth moves with the coarse map's z

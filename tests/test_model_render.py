@@ -1,0 +1,219 @@
+"""Rendering end to end at tiny size: gradients, chunking, pixel subsets, background, full size."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from npva.config import DecoderConfig, ModelConfig, RenderConfig, SamplingConfig
+from npva.geometry.camera import look_at
+from npva.model.decoding import make_radiance_decoder
+from npva.model.networks import AvatarNetwork, DecodedMaps
+from npva.model.render import UVTemplate, build_scene, render, render_rays
+
+UV = 16  # coarse map side
+POINTS = 32  # point map side
+MODEL = ModelConfig(
+    texture_size=32,
+    posmap_size=UV,
+    point_map_size=POINTS,
+    latent_size=2,
+    texture_channels=(8,),
+    geometry_channels=8,
+    encoder_channels=(8, 8, 8),
+    coarse_channels=(8, 8, 3),
+    displacement_channels=(8, 8, 8, 3),
+    feature_channels=(8, 8, 8, 4),
+)
+DECODER = DecoderConfig(feature_dim=4, hidden=16, pointnerf_hidden=16)
+RENDER = RenderConfig(sampling=SamplingConfig(probe_offset_px=2), decoder=DECODER, chunk_rays=1 << 16)
+POSE = (torch.eye(3), torch.tensor([0.0, 0.0, 10.0]))
+
+
+def _template() -> UVTemplate:
+    """A 60 mm wide bump facing +z, over a disc of UV texels."""
+    u = (torch.arange(UV) + 0.5) / UV
+    v, u = torch.meshgrid(u, u, indexing="ij")
+    x, y = (u - 0.5) * 60, (0.5 - v) * 60
+    mean = torch.stack((x, y, 20 * torch.exp(-(x**2 + y**2) / 800)))
+    coverage = (u - 0.5) ** 2 + (v - 0.5) ** 2 < 0.2
+    return UVTemplate.from_coverage(mean, std=1.0, coverage=coverage)
+
+
+def _camera(height: int = 24, width: int = 32, focal: float = 180.0):
+    K = np.array([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1]])
+    return look_at("cam", np.array([30.0, 10, 400]), np.zeros(3), np.array([0, 1.0, 0]), K, height, width)
+
+
+def _models(seed: int = 0):
+    torch.manual_seed(seed)
+    return AvatarNetwork(MODEL), make_radiance_decoder(DECODER)
+
+
+def _encoder_inputs(seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, 32, 32, generator=g), torch.randn(1, 3, UV, UV, generator=g)
+
+
+def _render_eval(network, decoder, camera=None, cfg=RENDER, **kwargs):
+    network.eval()
+    with torch.no_grad():
+        return render(
+            network,
+            decoder,
+            _template(),
+            camera or _camera(),
+            *POSE,
+            cfg,
+            latent=torch.zeros(1, 4, 2, 2),
+            **kwargs,
+        )
+
+
+def test_forward_backward_reaches_every_parameter_in_seconds():
+    network, decoder = _models()
+    network.train()
+    texture, posmap = _encoder_inputs()
+    start = time.perf_counter()
+    out = render(
+        network,
+        decoder,
+        _template(),
+        _camera(),
+        *POSE,
+        RENDER,
+        texture=texture,
+        posmap_normalized=posmap,
+        generator=torch.Generator().manual_seed(0),
+    )
+    loss = out.rays.colour.sum() + 0.01 * (out.rays.depth.sum() + out.rays.guide_depth.sum())
+    loss.backward()
+    elapsed = time.perf_counter() - start
+    assert elapsed < 10.0
+    assert out.mu is not None and out.logstd is not None
+    assert (out.rays.num_samples > 0).float().mean() > 0.3  # the bump fills much of the image
+    for name, param in [*network.named_parameters(), *decoder.named_parameters()]:
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def _leaf_maps(network) -> DecodedMaps:
+    network.eval()
+    with torch.no_grad():
+        maps = network.decode(torch.zeros(1, 4, 2, 2))
+    return DecodedMaps(*(m.clone().requires_grad_() for m in maps))
+
+
+def test_coarse_map_gets_gradient_through_the_guide_and_through_the_points():
+    network, decoder = _models()
+    camera = _camera()
+    pixels = torch.stack(torch.meshgrid(torch.arange(32), torch.arange(24), indexing="xy"), -1)
+    pixels = pixels.reshape(-1, 2)
+
+    maps = _leaf_maps(network)
+    scene = build_scene(maps, _template(), *POSE, camera, RENDER)
+    scene.guide_depth.sum().backward()
+    assert maps.coarse_offset.grad.abs().sum() > 0  # through the rasterized depth
+    assert maps.displacement.grad is None and maps.features.grad is None
+
+    maps = _leaf_maps(network)
+    scene = build_scene(maps, _template(), *POSE, camera, RENDER)
+    rays = render_rays(scene, decoder, pixels, RENDER)
+    (rays.colour.sum() + 0.01 * rays.depth.sum()).backward()
+    # Sampling reads the guide without gradient: the coarse map's gradient comes via the points.
+    assert maps.coarse_offset.grad.abs().sum() > 0
+    assert maps.displacement.grad.abs().sum() > 0
+    assert maps.features.grad.abs().sum() > 0
+
+
+def test_chunked_render_equals_one_chunk():
+    network, decoder = _models()
+    whole = _render_eval(network, decoder)
+    chunked = _render_eval(network, decoder, cfg=replace(RENDER, chunk_rays=37))
+    # Same samples and neighbours; the decoder's matrix products may round differently per batch.
+    assert torch.equal(chunked.rays.num_samples, whole.rays.num_samples)
+    assert torch.equal(chunked.rays.guide_depth, whole.rays.guide_depth)
+    for name in ("colour", "depth", "opacity"):
+        assert torch.allclose(getattr(chunked.rays, name), getattr(whole.rays, name), atol=1e-4)
+    assert whole.rays.depth.max() > 300  # the camera is 400 mm from the bump
+
+
+def test_pixel_subset_equals_the_full_render_there():
+    network, decoder = _models()
+    full = _render_eval(network, decoder)
+    pixels = torch.tensor([[0, 0], [16, 12], [31, 23], [5, 20], [16, 12]])
+    subset = _render_eval(network, decoder, pixels=pixels)
+    at = pixels[:, 1] * 32 + pixels[:, 0]
+    assert torch.allclose(subset.rays.colour, full.rays.colour[at], atol=1e-5)
+    image = full.to_image(full.rays.colour)
+    assert image.shape == (24, 32, 3)
+    assert torch.equal(image[12, 16], full.rays.colour[12 * 32 + 16])
+    sparse = subset.to_image(subset.rays.depth, fill=-1.0)
+    assert sparse[0, 1].item() == -1.0 and sparse[12, 16] == subset.rays.depth[1]
+
+
+def test_rays_without_samples_show_the_background():
+    network, decoder = _models()
+    black = _render_eval(network, decoder)
+    empty = black.rays.num_samples == 0
+    hit = black.rays.opacity > 0.999
+    assert empty.any() and hit.any()
+    assert (black.rays.colour[empty] == 0).all() and (black.rays.opacity[empty] == 0).all()
+    grey = _render_eval(network, decoder, background=torch.tensor([0.5, 0.5, 0.5]))
+    assert torch.allclose(grey.rays.colour[empty], torch.tensor(0.5))
+    assert torch.allclose(grey.rays.colour[hit], black.rays.colour[hit], atol=1e-3)
+    per_ray = torch.rand(24 * 32, 3)
+    mixed = _render_eval(network, decoder, background=per_ray)
+    assert torch.allclose(mixed.rays.colour[empty], per_ray[empty])
+
+
+def test_full_size_image_renders_in_bounded_chunks():
+    network, decoder = _models()
+    cfg = replace(RENDER, sampling=SamplingConfig(), chunk_rays=1 << 14)
+    camera = _camera(1024, 667, focal=1200.0)  # the bump covers about a tenth of the image
+    rows_per_call = []
+    decoder.register_forward_hook(lambda module, args, out: rows_per_call.append(args[0].shape[0]))
+    out = _render_eval(network, decoder, camera=camera, cfg=cfg)
+    assert out.rays.colour.shape == (1024 * 667, 3)
+    assert out.to_image(out.rays.colour).shape == (1024, 667, 3)
+    assert 0.02 < (out.rays.num_samples > 0).float().mean() < 0.5
+    # One decoder call per chunk with samples, never more rows than the chunk's shading points.
+    assert len(rows_per_call) > 5
+    assert max(rows_per_call) <= cfg.chunk_rays * cfg.sampling.max_samples
+
+
+def test_render_needs_a_latent_or_encoder_inputs():
+    network, decoder = _models()
+    with pytest.raises(ValueError):
+        render(network, decoder, _template(), _camera(), *POSE, RENDER)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_render_on_cuda_matches_cpu(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    network, decoder = _models()
+    cpu = _render_eval(network, decoder)
+    network, decoder = network.cuda(), decoder.cuda()
+    network.eval()
+    with torch.no_grad():
+        gpu = render(
+            network,
+            decoder,
+            _template().to("cuda"),
+            _camera(),
+            POSE[0].cuda(),
+            POSE[1].cuda(),
+            RENDER,
+            latent=torch.zeros(1, 4, 2, 2).cuda(),
+        )
+    # Rounding differs between the devices; a point at the very edge of a neighbourhood or a
+    # candidate at a voxel border may flip, so a few rays may differ.
+    same_samples = gpu.rays.num_samples.cpu() == cpu.rays.num_samples
+    assert same_samples.float().mean() > 0.98
+    colour_error = (gpu.rays.colour.cpu() - cpu.rays.colour).abs().amax(1)
+    assert (colour_error < 1e-3).float().mean() > 0.95
+    assert colour_error.median() < 1e-4
