@@ -33,7 +33,7 @@ from npva.io.multiface import (
     read_frame_list,
     read_krt,
     read_obj,
-    read_png_size,
+    read_image_size,
     read_transform,
 )
 from npva.io.subject import SubjectLayout
@@ -101,7 +101,7 @@ class Context:
 
 
 def _training_camera(camera: Camera, image_path: Path, scale: float) -> Camera:
-    height, width = read_png_size(image_path)
+    height, width = read_image_size(image_path)
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     return camera.with_size(height, width).resized(*size)
 

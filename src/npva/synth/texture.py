@@ -1,0 +1,83 @@
+"""The per-frame view-averaged texture in the coarse mesh's UV layout.
+
+A capture system unwraps every camera onto the tracked mesh and averages: on skin that gives the
+albedo times the (view-independent) diffuse shading of the true surface; where the tracked mesh spans
+the open mouth, the cameras see the mouth interior behind it. Here each texel of the coarse UV layout
+is the albedo of the true surface at its grid coordinates times its diffuse shading; texels around the
+eyes and the mouth whose coarse point is seen in front of an eyeball, teeth, cavity or tongue take
+that colour from a head-on view of the scene instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from npva.geometry.camera import Camera, project
+from npva.geometry.raster import interpolate, rasterize_uv
+from npva.synth.albedo import SkinAlbedo
+from npva.synth.grid import SEAM_S, ParamGrid, phi_of_s, theta_of_u
+from npva.synth.head import Expression, HeadShape
+from npva.synth.parts import SKIN
+from npva.synth.render import SEEN_THROUGH, View, shade
+
+_STEP = 1e-4  # grid-coordinate step of the finite differences that give texel normals
+
+
+class AverageTexture:
+    """Texels of the coarse UV layout at one size, with what does not change between frames."""
+
+    def __init__(self, shape: HeadShape, skin: SkinAlbedo, grid: ParamGrid, size: int):
+        self.shape, self.grid, self.size = shape, grid, size
+        uvs, face_uvs = grid.uv_layout()
+        self.frags = rasterize_uv(torch.from_numpy(uvs), torch.from_numpy(face_uvs), size)
+        self.faces = torch.from_numpy(grid.faces())
+        covered = (self.frags.face_id >= 0).numpy()
+        self.rows, self.cols = np.nonzero(covered)
+        u, s = (self.cols + 0.5) / size, (self.rows + 0.5) / size
+        self.side = np.sign(s - SEAM_S)
+        # Texel centre and two nearby points along u and s, on the identity surface.
+        self.params = [(u, s), (u + _STEP, s), (u, s + _STEP)]
+        self.identity = [shape.identity_points(theta_of_u(a), phi_of_s(b)) for a, b in self.params]
+        theta, phi = theta_of_u(u), phi_of_s(s)
+        self.albedo = torch.from_numpy(skin.at(self.identity[0], theta, phi)).float()
+        across, down = shape.mouth_coords(theta, phi)
+        self.near_openings = (np.abs(across) < shape.identity.mouth_half_width + 6.0) & (np.abs(down) < 10.0)
+        for eye in shape.eye_centres:
+            offset = np.abs(self.identity[0][:, :2] - eye[:2])
+            self.near_openings |= (offset[:, 0] < 18.0) & (offset[:, 1] < 12.0) & (self.identity[0][:, 2] > 0)
+
+    def render(
+        self,
+        expr: Expression,
+        pose: tuple[np.ndarray, np.ndarray],
+        coarse_world: torch.Tensor,
+        face_view: View,
+        face_camera: Camera,
+    ) -> np.ndarray:
+        """(size, size, 3) float texture of one frame; 0 outside the UV layout.
+
+        coarse_world: (V, 3) tracked mesh in the world; face_view: diffuse render of the scene from
+        face_camera (see render.face_camera)."""
+        R, _ = pose
+        centre, along_u, along_s = (
+            self.shape.deform(p, theta_of_u(a), phi_of_s(b), self.side, expr)
+            for p, (a, b) in zip(self.identity, self.params, strict=True)
+        )
+        normal = np.cross(along_s - centre, along_u - centre)  # outward (see grid.ParamGrid.faces)
+        normal = torch.from_numpy(normal / np.linalg.norm(normal, axis=1, keepdims=True) @ R.T).float()
+        material = torch.full((len(normal),), SKIN)
+        colour = shade(self.albedo, normal, material, torch.ones(len(normal)))
+        colour = colour.numpy()
+
+        texel_world = interpolate(coarse_world, self.faces, self.frags)[self.rows, self.cols]
+        pick = np.flatnonzero(self.near_openings)
+        pixel, _ = project(texel_world[pick].double(), face_camera)
+        col = np.clip(pixel[:, 0].numpy().astype(int), 0, face_camera.width - 1)
+        row = np.clip(pixel[:, 1].numpy().astype(int), 0, face_camera.height - 1)
+        behind = np.isin(face_view.material_ss[row, col], SEEN_THROUGH)
+        colour[pick[behind]] = face_view.image[row[behind], col[behind]]
+
+        texture = np.zeros((self.size, self.size, 3), dtype=np.float32)
+        texture[self.rows, self.cols] = np.clip(colour, 0.0, 1.0)
+        return texture
