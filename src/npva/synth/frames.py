@@ -16,7 +16,7 @@ from tqdm import tqdm
 from npva.io import SubjectLayout, write_bin, write_depth, write_image, write_obj, write_transform
 from npva.synth.capture import SyntheticCapture
 from npva.synth.scene import FrameKey, get_preset
-from npva.synth.sheet import TEXTURE, Tile
+from npva.synth.sheet import TEXTURE, Tile, to_tile
 
 
 class FrameWriter:
@@ -28,7 +28,7 @@ class FrameWriter:
         self.wanted = wanted
 
     def write(self, key: FrameKey) -> dict[Tile, np.ndarray]:
-        """Write the frame; return the images among `wanted` (for the contact sheet)."""
+        """Write the frame; return the images among `wanted` as contact sheet tiles."""
         capture, layout = self.capture, self.layout
         seq, frame = key.sequence, key.frame
         expr, pose = capture.expression(key), capture.pose(key)
@@ -46,7 +46,9 @@ class FrameWriter:
         images[TEXTURE] = capture.average_texture(expr, pose, scene, mesh)
         write_image(layout.average_texture(seq, frame), images[TEXTURE])
         return {
-            (seq, frame, name): image for name, image in images.items() if (seq, frame, name) in self.wanted
+            (seq, frame, name): to_tile(image)
+            for name, image in images.items()
+            if (seq, frame, name) in self.wanted
         }
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npva.synth.grid import SEAM_PHI, directions, phi_of_s, theta_of_u
+from npva.synth.grid import SEAM_PHI, directions
 
 JAW_HINGE = np.array([0.0, -18.0, -5.0])  # the jaw rotates about the x axis through this point
 EYEBALL_RADIUS = 12.0
@@ -235,11 +235,6 @@ class HeadShape:
         moved += corners[:, None] * pull
         moved[:, 1] += 4.0 * expr.brow * front * smoothstep(y, 5.0, 20.0) * (1.0 - smoothstep(y, 60.0, 90.0))
         return rotate_about_hinge(moved, expr.jaw * self.jaw_weight(p, theta, phi, side))
-
-    def surface(self, u: np.ndarray, s: np.ndarray, side: np.ndarray, expr: Expression) -> np.ndarray:
-        """(N, 3) face-frame points of grid coordinates u, s (N,) under an expression."""
-        theta, phi = theta_of_u(u), phi_of_s(s)
-        return self.deform(self.identity_points(theta, phi), theta, phi, side, expr)
 
 
 def rotate_x(v: np.ndarray, angle: np.ndarray | float) -> np.ndarray:

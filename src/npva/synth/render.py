@@ -216,9 +216,9 @@ def mvs_depth(view: View, supersample: int, rng: np.random.Generator) -> np.ndar
     depth = blocks.mean((1, 3))
     known = (blocks > 0).all((1, 3)) & (blocks.max((1, 3)) - blocks.min((1, 3)) < 8.0)
     known &= view.facing_ss.reshape(height, s, width, s).mean((1, 3)) > 0.25
-    # Blobs: a coarse random field (about 40 cells over the image height), smoothly enlarged.
-    cells = rng.random((42, max(2, round(42 * width / height)))).astype(np.float32)
-    known &= cv2.resize(cells, (width, height), interpolation=cv2.INTER_CUBIC) < 0.8
+    # Blobs: a coarse random field (30 cells over the image height), smoothly enlarged.
+    cells = rng.random((30, max(2, round(30 * width / height)))).astype(np.float32)
+    known &= cv2.resize(cells, (width, height), interpolation=cv2.INTER_CUBIC) < 0.85
     metres = (depth + rng.normal(0.0, 0.5, size=depth.shape)) / 1000.0
     # Multiples of 2^-16 m (0.015 mm, far under the noise): the files compress about twice as well.
     metres = np.round(metres * 65536.0) / 65536.0

@@ -8,8 +8,20 @@ import numpy as np
 from npva.synth.scene import FRONTAL_CAMERA, FrameKey, Preset
 
 TEXTURE = "texture"  # the column of the average textures
+TILE_HEIGHT = 384  # pixels: images are shrunk or enlarged to it, whatever the preset
 
 Tile = tuple[str, str, str]  # (sequence, frame, camera name or TEXTURE)
+
+
+def to_tile(image: np.ndarray) -> np.ndarray:
+    """A float image (H, W, 3) in [0, 1] as uint8, shrunk by an integer factor to at most TILE_HEIGHT
+    rows: what worker processes send back for the sheet."""
+    tile = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+    factor = -(-tile.shape[0] // TILE_HEIGHT)
+    if factor == 1:
+        return tile
+    size = (tile.shape[1] // factor, tile.shape[0] // factor)
+    return cv2.resize(tile, size, interpolation=cv2.INTER_AREA)
 
 
 class ContactSheet:
@@ -37,9 +49,9 @@ class ContactSheet:
         self.tiles.update(tiles)
 
     def image(self) -> np.ndarray:
-        """(rows * h, columns * w, 3) uint8 image, tiles at least 256 pixels high, labelled."""
-        scale = max(1, int(np.ceil(256 / self.height)))
-        h, w = self.height * scale, self.width * scale
+        """(rows * h, columns * w, 3) uint8 image of labelled tiles TILE_HEIGHT pixels high, from the
+        tiles added (see to_tile)."""
+        h, w = TILE_HEIGHT, round(self.width * TILE_HEIGHT / self.height)
         sheet = np.zeros((len(self.rows) * h, len(self.columns) * w, 3), dtype=np.uint8)
         for i, key in enumerate(self.rows):
             for j, column in enumerate(self.columns):
@@ -48,8 +60,8 @@ class ContactSheet:
                     continue
                 side = min(h, w)
                 size = (side, side) if column == TEXTURE else (w, h)
-                tile = np.round(np.clip(tile, 0.0, 1.0) * 255).astype(np.uint8)
-                tile = cv2.resize(tile, size, interpolation=cv2.INTER_AREA)
+                shrink = tile.shape[0] > size[1]
+                tile = cv2.resize(tile, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_NEAREST)
                 sheet[i * h : i * h + tile.shape[0], j * w : j * w + tile.shape[1]] = tile
                 label = f"{key.sequence[:4]} {key.frame} {column}"
                 cv2.putText(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -22,6 +23,8 @@ CONTACT_SHEET = "contact_sheet.png"
 
 @dataclass
 class SynthSummary:
+    """What a synth run wrote; str() is a one-line summary."""
+
     root: Path
     preset: str
     seed: int
@@ -55,6 +58,10 @@ def write_subject(
     The files do not depend on it."""
     start = time.perf_counter()
     spec = get_preset(preset)
+    if importlib.util.find_spec("OpenEXR") is None:
+        raise NpvaError(
+            "synth writes its MVS depth maps as EXR, which needs the OpenEXR package (pip install OpenEXR)"
+        )
     out = Path(out)
     layout = SubjectLayout(out)
     frames = capture_frames(spec)
@@ -64,7 +71,7 @@ def write_subject(
     height, width = spec.image_size
     write_krt(layout.krt, [dome_camera(name, height, width) for name in spec.cameras])
     if workers is None:
-        workers = 1 if spec.name == "tiny" else min(len(os.sched_getaffinity(0)), len(frames))
+        workers = 1 if spec.name == "tiny" else min(_available_cores(), len(frames))
     sheet = ContactSheet(spec, frames)
     sheet.add(write_frames(preset, seed, out, frames, sheet.wanted(), workers))
     entries = [(key.sequence, key.frame) for key in frames]
@@ -89,6 +96,12 @@ def write_subject(
         bytes=sum((out / name).stat().st_size for name in planned),
         seconds=time.perf_counter() - start,
     )
+
+
+def _available_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _planned_files(layout: SubjectLayout, spec: Preset, frames: list[FrameKey]) -> list[str]:
