@@ -31,9 +31,9 @@ from npva.io.multiface import (
     read_bin,
     read_depth,
     read_frame_list,
+    read_image_size,
     read_krt,
     read_obj,
-    read_image_size,
     read_transform,
 )
 from npva.io.subject import SubjectLayout
