@@ -210,3 +210,16 @@ def test_position_maps_follow_the_head_pose(tiny_subject, processed):
     coverage, _, _ = gd.read_uv_layout(gd.GenDir(processed))
     centre = torch.as_tensor(mean[coverage]).mean(0)
     assert torch.linalg.norm(centre) < 150  # face frame: origin within the head
+
+
+def test_derived_mouth_mask_is_one_region_below_the_eyes(processed):
+    import cv2
+
+    coverage, _, mouth = gd.read_uv_layout(gd.GenDir(processed))
+    count, _ = cv2.connectedComponents(mouth.astype(np.uint8), connectivity=8)
+    assert count == 2  # background + one region
+    rows, cols = np.nonzero(mouth)
+    covered_rows, covered_cols = np.nonzero(coverage)
+    assert rows.mean() > np.median(covered_rows)  # lower part of the face in the image-layout UV map
+    assert abs(cols.mean() - covered_cols.mean()) < 0.1 * mouth.shape[1]  # centred left to right
+    assert mouth.sum() < 0.1 * coverage.sum()

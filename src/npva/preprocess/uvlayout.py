@@ -56,7 +56,8 @@ class MouthStretch:
 
     The tracked mesh has no mouth interior: its lips are joined by a surface that stretches as the jaw
     opens, while skin keeps its area within a few tens of percent. Cells whose largest area exceeds
-    `ratio` times their smallest are the mouth.
+    `ratio` times their smallest are candidates; the largest connected region of them is the mouth
+    (eyelids and the jaw corners stretch too, but over far fewer cells).
     """
 
     def __init__(self, coverage: np.ndarray):
@@ -74,6 +75,7 @@ class MouthStretch:
     def mask(self, ratio: float, dilate: int) -> np.ndarray:
         """(S, S) bool mouth texels: the four texels of every stretched cell, dilated, inside coverage."""
         stretched = self.cells & (self.max_area > ratio * np.maximum(self.min_area, 1e-9))
+        stretched = _largest_component(stretched)
         size = self.cells.shape[0] + 1
         mouth = np.zeros((size, size), bool)
         for di in (0, 1):
@@ -83,3 +85,12 @@ class MouthStretch:
             kernel = np.ones((2 * dilate + 1, 2 * dilate + 1), np.uint8)
             mouth = cv2.dilate(mouth.astype(np.uint8), kernel) > 0
         return mouth & self.coverage
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the largest 8-connected region of `mask` (empty if `mask` is)."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return mask
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == largest
