@@ -157,8 +157,8 @@ def interpolate(attrs: torch.Tensor, attr_faces: torch.Tensor, frags: Fragments)
         bary = bary[pixel]
     corners = attr_faces.to(device=attrs.device, dtype=torch.int64)[face]  # (P, 3)
     out = bary[:, 0:1] * _rows(attrs, corners[:, 0])
-    for k in (1, 2):  # corner by corner: peak memory P*C, not 3*P*C
-        out = out + bary[:, k : k + 1] * _rows(attrs, corners[:, k])
+    for k in (1, 2):  # corner by corner, in place: peak memory P*C, not 3*P*C
+        out.addcmul_(bary[:, k : k + 1], _rows(attrs, corners[:, k]))
     return _scatter_pixels(out, pixel, covered, height, width)
 
 
