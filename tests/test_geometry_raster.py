@@ -321,3 +321,22 @@ def test_cuda_matches_cpu():
     assert torch.allclose(cpu[4], cuda[4], rtol=1e-3, atol=1e-2)
     assert torch.equal(cpu[6], cuda[6])
     assert torch.allclose(cpu[5], cuda[5], atol=1e-3)
+
+
+def test_coverage_mask_is_the_zbuffer_coverage_plus_at_most_a_one_pixel_rim():
+    import cv2
+
+    from npva.geometry.raster import coverage_mask
+
+    generator = torch.Generator().manual_seed(3)
+    cam = camera(120, 80, focal=150.0)
+    for trial in range(3):
+        mesh = uv_sphere(10 + 4 * trial, 20 + 6 * trial, 60.0)
+        wobble = 1 + 0.15 * torch.rand(len(mesh.verts), 1, generator=generator, dtype=torch.float64)
+        verts = torch.as_tensor(mesh.verts, dtype=torch.float64) * wobble + torch.tensor([5.0, -8.0, 300.0])
+        reference = (rasterize_camera(verts, torch.as_tensor(mesh.faces), cam).face_id >= 0).numpy()
+        fast = coverage_mask(verts, torch.as_tensor(mesh.faces), cam)
+        assert fast.shape == reference.shape and reference.sum() > 1000
+        assert not (reference & ~fast).any()  # every covered pixel is in the fast mask
+        rim = cv2.dilate(reference.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        assert not (fast & ~rim).any()  # and nothing beyond one pixel of the silhouette

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 
-from npva.geometry.camera import Camera
+from npva.geometry.camera import Camera, project
 
 # rasterize_camera skips triangles with a vertex this close to the camera plane or behind it (mm).
 NEAR_MM = 1.0
@@ -434,3 +435,25 @@ def _scatter_pixels(
     else:
         image = values.new_zeros((height * width,) + values.shape[1:]).index_put((pixel,), values)
     return image.view((height, width) + values.shape[1:])
+
+
+def coverage_mask(
+    verts_world: torch.Tensor, faces: torch.Tensor, camera: Camera, near: float = NEAR_MM
+) -> np.ndarray:
+    """(H, W) bool pixels that any face touches, at the camera's image size: a fast CPU silhouette.
+
+    OpenCV fills each projected triangle (1/256 px precision), so this is the coverage of
+    `rasterize_camera` (pixel centres inside a face) plus at most a one-pixel rim along the silhouette,
+    in a few tens of milliseconds for a tracked mesh at 1024x667 on one thread, where the z-buffer takes
+    several times longer. Faces with a vertex at camera depth <= `near` are skipped, as there.
+    """
+    if camera.height is None or camera.width is None:
+        raise ValueError(f"camera {camera.name}: image size unknown")
+    faces_np = torch.as_tensor(faces).cpu().numpy()
+    pixels, z = project(torch.as_tensor(verts_world, dtype=torch.float32).cpu(), camera)
+    fixed = np.round((pixels.numpy().astype(np.float64) - 0.5) * 256).astype(np.int32)  # cv2: centre at 0
+    in_front = (z.numpy()[faces_np] > near).all(axis=1)
+    image = np.zeros((camera.height, camera.width), np.uint8)
+    for triangle in fixed[faces_np[in_front]]:
+        cv2.fillConvexPoly(image, triangle, 1, cv2.LINE_8, 8)
+    return image > 0

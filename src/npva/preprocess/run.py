@@ -26,7 +26,7 @@ from npva.config import PreprocessConfig
 from npva.errors import FormatError, MissingFileError, NpvaError
 from npva.geometry.camera import Camera
 from npva.geometry.mesh import to_face_frame
-from npva.geometry.raster import rasterize_camera
+from npva.geometry.raster import coverage_mask, rasterize_camera
 from npva.io.multiface import (
     read_bin,
     read_depth,
@@ -169,13 +169,12 @@ def _process_view(ctx, layout, out, verts, seq, cam, frame, camera) -> Summary:
     summary.skipped += int(mask_done) + int(want_depth and depth_done)
     if mask_done and depth_done:
         return summary
-    fragments = rasterize_camera(verts, ctx.sampler.faces, camera)
     if not mask_done:
-        gd.write_mask(mask_path, (fragments.face_id >= 0).numpy())
+        gd.write_mask(mask_path, coverage_mask(verts, ctx.sampler.faces, camera))
         summary.made += 1
     if not depth_done:
         if ctx.config.depth == "mesh":
-            depth = fragments.depth.numpy()
+            depth = rasterize_camera(verts, ctx.sampler.faces, camera).depth.numpy()
         else:
             depth = _imported_depth(ctx, seq, cam, frame, shape)
             if depth is None:
