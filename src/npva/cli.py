@@ -54,6 +54,27 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    from npva.train import build_config, saved_run_config, train
+
+    run_dir = Path(args.out)
+    fresh_settings = args.preset is not None or args.config is not None
+    config = build_config(
+        args.preset, args.config, args.set, base=None if fresh_settings else saved_run_config(run_dir)
+    )
+    main_process = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(
+        level=logging.INFO if main_process else logging.WARNING, format="npva train: %(message)s"
+    )
+    result = train(Path(args.subject), run_dir, config, gendir=Path(args.gendir) if args.gendir else None)
+    if main_process:
+        print(result.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="npva", description=__doc__)
     parser.add_argument("--version", action="version", version=f"npva {__version__}")
@@ -96,6 +117,30 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--workers", type=int, default=1, help="processes on this machine")
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.set_defaults(run=_cmd_preprocess)
+
+    train = sub.add_parser(
+        "train",
+        help="train an avatar of a preprocessed subject (resumes RUN_DIR); under torchrun on several GPUs",
+    )
+    train.add_argument("subject", help="subject directory (Multiface layout), preprocessed")
+    train.add_argument(
+        "--out", required=True, metavar="RUN_DIR", help="run directory; an existing run resumes"
+    )
+    train.add_argument("--gendir", help="preprocessing output (default SUBJECT/gendir)")
+    train.add_argument(
+        "--preset",
+        choices=("tiny", "demo", "full"),
+        help="named settings (default: the run's own when resuming, else full, the published ones)",
+    )
+    train.add_argument("--config", metavar="FILE", help="YAML settings laid over the preset")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set train.lr=5e-4 --set data.cameras=400029 (repeatable)",
+    )
+    train.set_defaults(run=_cmd_train)
     return parser
 
 

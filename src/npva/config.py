@@ -4,8 +4,17 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+from npva.errors import FormatError, MissingFileError, NpvaError
+from npva.fileio import atomic_open
 
 
 @dataclass
@@ -51,7 +60,7 @@ class QueryConfig:
     k: int = 8
     radius_mm: float = 4.0
     cell_fraction: float = 0.5  # grid cell side of the neighbour index, as a fraction of the radius
-    max_candidates: int = 1 << 23  # (queries x candidates) entries per query chunk: bounds memory
+    max_candidates: int | None = None  # candidate entries held at once (memory); None: 2^20 CPU, 2^25 GPU
 
 
 @dataclass
@@ -148,3 +157,238 @@ class LossConfig:
     mesh_norm: str = "l1"  # per-texel distance of the mesh term: "l1" (sum of |dx|) or "l2" (Euclidean)
     lpips_weights: str | None = None  # LPIPS-VGG weight files, os.pathsep-separated; env NPVA_LPIPS_WEIGHTS
     lpips_substitute: str = "vgg"  # without LPIPS weights: ST-LPIPS "vgg"/"alex" (shipped) or a .pth path
+
+
+@dataclass
+class TrainConfig:
+    """The training loop (method.md section 8): schedule, optimizer, devices, logging, checkpoints.
+
+    The schedule counts epochs of steps_per_epoch steps (one image per step and process): the GEP phase
+    and the learning rate of step s follow the epoch s / steps_per_epoch, so a short run can pass
+    through every phase. The data order is separate: each process walks through its share of the
+    samples, reshuffled (seeded) on every pass.
+    """
+
+    seed: int = 0
+    epochs: int = 35
+    steps_per_epoch: int | None = None  # None: one pass over this process's share of the samples
+    lr: float = 1e-3
+    weight_decay: float = 4e-5  # Adam's L2 penalty
+    lr_decay_epochs: tuple[int, ...] = (15,)  # the learning rate is multiplied by lr_decay at these
+    lr_decay: float = 0.1
+    grad_clip: float | None = None  # largest global gradient norm; None: no clipping
+    background: str = "learned"  # missed rays: "learned" colour per camera, "black" (published), "mask"
+    precision: str = "bf16"  # networks under autocast on CUDA: "bf16" or "fp32" (always fp32 on CPU)
+    device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
+    workers: int = 2  # data-loader processes per training process (0: load in the training process)
+    sync_batchnorm: bool = True  # with several CUDA processes: BatchNorm statistics over all of them
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower; bitwise-repeatable runs)
+    log_every: int = 50  # steps between TensorBoard scalars
+    checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept in RUN_DIR/checkpoints
+    val_every: int = 5000  # steps between validations (also before the first step); 0: only at the end
+    val_frames: str = "test"  # held-out frames: a split name or a "<seq> <frame>" list file
+    val_cameras: tuple[str, ...] = ()  # empty: the training cameras
+    val_samples: int = 4  # (frame, camera) pairs rendered in full, spread evenly over the held-out ones
+    stop_after: int | None = None  # end (with a checkpoint) once this many steps are done; rerun resumes
+    progress: bool = True  # progress bar on the terminal
+
+
+@dataclass
+class ExperimentConfig:
+    """Every setting of a training run; saved beside the run (config.yaml) and inside its checkpoints."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    gep: GEPConfig = field(default_factory=GEPConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---- settings as YAML and as `--set key=value` ------------------------------------------------------
+
+_TRUE_WORDS = ("true", "yes", "on", "1")
+_FALSE_WORDS = ("false", "no", "off", "0")
+_NONE_WORDS = ("none", "null", "~")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    """Resolved annotations of a settings dataclass's fields."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _optional_inner(annotation: Any) -> Any | None:
+    """T for `T | None`, else None."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(annotation)) == 2:
+            return args[0]
+    return None
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """A value read from YAML as the field type `annotation`; ValueError naming `key` otherwise.
+
+    Integers are accepted for float fields and for text fields (YAML reads camera names as numbers);
+    text is accepted for float fields (YAML reads 5e-4, without a dot, as text)."""
+    inner = _optional_inner(annotation)
+    if inner is not None:
+        return None if value is None else _coerce(value, inner, key)
+    if dataclasses.is_dataclass(annotation):  # a mapping is merged by _merge, never coerced
+        raise ValueError(f"{key}: expected a mapping of settings, got {value!r}")
+    if typing.get_origin(annotation) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        return tuple(_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value))
+    ok = False
+    if annotation is bool:
+        ok = isinstance(value, bool)
+    elif annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif annotation is str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        ok = isinstance(value, str)
+    if not ok:
+        raise ValueError(f"{key}: expected {_type_name(annotation)}, got {value!r}")
+    return value
+
+
+def _merge(config: Any, data: dict[str, Any], prefix: str = "") -> Any:
+    """A copy of settings dataclass `config` with the entries of `data` (nested dicts for nested
+    settings) replacing its values; unknown keys raise ValueError naming them."""
+    types_by_name = _field_types(type(config))
+    changes = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in types_by_name:
+            known = ", ".join(types_by_name)
+            raise ValueError(f"unknown setting {key!r} (known here: {known})")
+        annotation = types_by_name[name]
+        if dataclasses.is_dataclass(annotation) and isinstance(value, dict):
+            changes[name] = _merge(getattr(config, name), value, key)
+        else:
+            changes[name] = _coerce(value, annotation, key)
+    return dataclasses.replace(config, **changes)
+
+
+def merge_settings(config: Any, data: dict[str, Any]) -> Any:
+    """`config` (a settings dataclass) with the nested dict `data` laid over it, typed by its fields.
+
+    Raises ValueError naming the dotted key of an unknown setting or of a value of the wrong type."""
+    return _merge(config, data)
+
+
+def load_config(path: str | Path, base: Any | None = None) -> Any:
+    """Settings from a YAML file laid over `base` (default ExperimentConfig()); a partial file changes
+    only what it names. Raises FormatError naming the file for bad YAML, unknown keys or wrong types."""
+    path = Path(path)
+    base = ExperimentConfig() if base is None else base
+    if not path.is_file():
+        raise MissingFileError(path, "settings file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        raise FormatError(path, f"not valid YAML ({exc})", line=None if line is None else line + 1) from None
+    if data is None:
+        return base
+    if not isinstance(data, dict):
+        raise FormatError(path, f"expected a mapping of settings sections, got {type(data).__name__}")
+    try:
+        return _merge(base, data)
+    except ValueError as exc:
+        raise FormatError(path, str(exc)) from None
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Write settings as YAML (atomically); load_config reads them back equal."""
+    with atomic_open(path, "w") as f:
+        yaml.safe_dump(_plain(to_dict(config)), f, sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, recursively, for YAML."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _parse_text(text: str, annotation: Any, key: str) -> Any:
+    """The command-line text of a value, as the field type `annotation`."""
+    stripped = text.strip()
+    inner = _optional_inner(annotation)
+    if inner is not None:
+        return None if stripped.lower() in _NONE_WORDS else _parse_text(text, inner, key)
+    if typing.get_origin(annotation) is tuple:
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        body = stripped[1:-1] if stripped[:1] + stripped[-1:] in ("[]", "()") else stripped
+        items = [item.strip() for item in body.split(",") if item.strip()]
+        return tuple(_parse_text(item, item_type, f"{key}[{i}]") for i, item in enumerate(items))
+    if annotation is bool:
+        if stripped.lower() in _TRUE_WORDS:
+            return True
+        if stripped.lower() in _FALSE_WORDS:
+            return False
+        raise ValueError(f"{key}: expected true or false, got {text!r}")
+    if annotation in (int, float):
+        try:
+            return annotation(stripped)
+        except ValueError:
+            raise ValueError(f"{key}: expected {annotation.__name__}, got {text!r}") from None
+    if annotation is str:
+        return text
+    raise ValueError(f"{key}: cannot be set from the command line (a {_type_name(annotation)})")
+
+
+def apply_overrides(config: Any, assignments: Sequence[str]) -> Any:
+    """`config` with `key=value` assignments applied in order; dotted keys name nested settings
+    (train.lr=5e-4, render.query.k=4, data.cameras=400029,400012, loss.lpips_weights=none).
+
+    Values are typed by the field: numbers, true/false, comma-separated lists, none for optional
+    fields. Raises NpvaError naming the assignment for unknown keys and values of the wrong type."""
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise NpvaError(f"--set {assignment!r}: expected key=value, e.g. train.lr=5e-4")
+        try:
+            config = _assign(config, key.split("."), text)
+        except ValueError as exc:
+            raise NpvaError(f"--set {assignment!r}: {exc}") from None
+    return config
+
+
+def _assign(config: Any, path: list[str], text: str, prefix: str = "") -> Any:
+    """`config` with the setting at `path` (its dotted key split) parsed from `text`."""
+    types_by_name = _field_types(type(config))
+    name = path[0]
+    key = f"{prefix}.{name}" if prefix else name
+    if name not in types_by_name:
+        where = f"{prefix} has" if prefix else "sections are"
+        raise ValueError(f"unknown setting {key!r} ({where}: {', '.join(types_by_name)})")
+    annotation = types_by_name[name]
+    if dataclasses.is_dataclass(annotation):
+        if len(path) == 1:
+            raise ValueError(f"{key!r} is a section; name one of its settings ({key}.<name>=value)")
+        return dataclasses.replace(config, **{name: _assign(getattr(config, name), path[1:], text, key)})
+    if len(path) > 1:
+        raise ValueError(f"{key!r} is a setting, not a section")
+    return dataclasses.replace(config, **{name: _parse_text(text, annotation, key)})

@@ -1,0 +1,726 @@
+"""The training loop (method.md section 8).
+
+One (frame, camera) image per step and process. Step s (counted from 0) belongs to epoch
+s / steps_per_epoch: its GEP phase (grid, error, patch) and its learning rate (Adam, multiplied by
+lr_decay at each of lr_decay_epochs) follow that epoch, so a short run with few steps per epoch passes
+through every phase. Each step renders the GEP pixels of its image, computes the losses, updates the
+parameters, and folds the per-pixel colour errors into the image's error map. With several processes
+(torchrun) the gradients are averaged by DDP and every step's error-map statistics are exchanged, so
+every process holds the same maps; logging, validation and checkpoint files come from rank 0.
+
+Randomness. What a step draws (its GEP pixels, the latent sample, the jitter of the sampling bins) comes
+from generators seeded with (seed, step, rank), and the data order is a function of (seed, step, rank,
+number of processes) (distributed.StepOrder). A resumed run continues exactly where the checkpoint
+left off; the global generator states are saved and restored as well, for anything that draws from them.
+
+A run directory holds config.yaml (the settings), checkpoints/step_<n>.pt (the newest
+train.keep_checkpoints of them), tensorboard/ (scalars and validation images) and, once the run ends,
+summary.json. Running again with the same directory resumes from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from npva import __version__
+from npva.config import ExperimentConfig, save_config, to_dict
+from npva.errors import MissingFileError, NpvaError
+from npva.fileio import atomic_open
+from npva.preprocess.gendir import GenDir, read_manifest
+from npva.train import checkpoint as ckpt
+from npva.train.avatar import Avatar
+from npva.train.data import AvatarDataset, TrainSample, select_samples
+from npva.train.distributed import (
+    DistributedContext,
+    StepOrder,
+    all_gather_rows,
+    all_reduce_sum,
+    derived_seed,
+    gather_objects,
+    init_distributed,
+    shard_length,
+    shutdown,
+    wrap_model,
+)
+from npva.train.gep import PHASES, GEPSampler
+from npva.train.losses import LossTerms, colour_error, compute_losses
+from npva.train.perceptual import make_perceptual_loss
+
+log = logging.getLogger(__name__)
+
+RUN_CONFIG = "config.yaml"
+SUMMARY = "summary.json"
+TENSORBOARD = "tensorboard"
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}
+LOG_KEYS = (
+    "loss",
+    "psnr",
+    *(f.name for f in dataclasses.fields(LossTerms)),
+    "grad_norm",
+    "rays",
+    "samples_per_ray",
+    "step_seconds",
+)
+# Settings a resumed run may change: how it runs, not what it learns from or how its state is shaped.
+# (The learning-rate schedule is part of the optimizer and scheduler states, so it is fixed too.)
+RESUME_FIXED_EXCEPT = (
+    "train.epochs",
+    "train.grad_clip",
+    "train.precision",
+    "train.device",
+    "train.workers",
+    "train.sync_batchnorm",
+    "train.deterministic",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.val_every",
+    "train.val_frames",
+    "train.val_cameras",
+    "train.val_samples",
+    "train.stop_after",
+    "train.progress",
+    "data.image_cache",
+    "data.cache_dir",
+    "data.skip_unreadable",
+    "loss.lpips_weights",
+    "render.chunk_rays",
+    "render.query.max_candidates",
+)
+
+
+@dataclass
+class Validation:
+    """Full-image renders of held-out (frame, camera) pairs at one step: PSNR (dB) over the image and
+    inside the mask, averaged over the pairs; `samples` has the per-pair values."""
+
+    step: int
+    psnr_image: float
+    psnr_mask: float
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    """What one invocation of `train` did (validation and log records are rank 0's)."""
+
+    run_dir: Path
+    step: int
+    total_steps: int
+    phase: str
+    lr: float
+    seconds: float
+    resumed_from: int | None
+    checkpoint: Path | None
+    log: list[dict[str, float]] = field(default_factory=list)
+    validation: list[Validation] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.total_steps
+
+    def summary(self) -> str:
+        state = "finished" if self.finished else "stopped"
+        start = f"resumed at step {self.resumed_from}" if self.resumed_from is not None else "from scratch"
+        lines = [
+            f"training {state} at step {self.step} of {self.total_steps} ({start}, {self.seconds:.1f} s); "
+            f"phase {self.phase}, lr {self.lr:.3g}"
+        ]
+        if self.log:
+            last = self.log[-1]
+            lines.append(
+                f"last logged loss {last['loss']:.4f}, PSNR on the sampled rays {last['psnr']:.2f} dB"
+            )
+        if self.validation:
+            val = self.validation[-1]
+            lines.append(
+                f"held-out PSNR at step {val.step}: {val.psnr_image:.2f} dB image, "
+                f"{val.psnr_mask:.2f} dB inside the mask ({len(val.samples)} renders)"
+            )
+        if self.checkpoint is not None:
+            lines.append(f"checkpoint {self.checkpoint}")
+        return "\n".join(lines)
+
+
+def train(subject: Path, run_dir: Path, config: ExperimentConfig, gendir: Path | None = None) -> TrainResult:
+    """Train (or resume) an avatar of a preprocessed subject in `run_dir`.
+
+    gendir: the preprocessing output, default SUBJECT/gendir. Under torchrun, every process calls this
+    with the same arguments. Returns when the run is complete or train.stop_after steps are done.
+    """
+    ctx = init_distributed(config.train.device)
+    try:
+        return Trainer(Path(subject), Path(run_dir), config, gendir, ctx).run()
+    finally:
+        shutdown(ctx)
+
+
+def saved_run_config(run_dir: Path) -> ExperimentConfig | None:
+    """The settings of the newest checkpoint in `run_dir` (None when it has none), without its
+    train.stop_after: that one applies to the invocation that set it, so a resumed run goes on."""
+    found = ckpt.latest_checkpoint(Path(run_dir))
+    if found is None:
+        return None
+    config = ckpt.checkpoint_config(found[1])
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, stop_after=None))
+
+
+class Trainer:
+    """The state of one training run in this process; `run()` trains."""
+
+    def __init__(
+        self,
+        subject: Path,
+        run_dir: Path,
+        config: ExperimentConfig,
+        gendir: Path | None,
+        ctx: DistributedContext,
+    ):
+        check_settings(config)
+        tc = config.train
+        self.config, self.ctx, self.run_dir = config, ctx, run_dir
+        self.device = ctx.device
+        self.gendir = Path(gendir) if gendir is not None else subject / "gendir"
+        check_preprocessed(subject, self.gendir, config)
+        if tc.deterministic != torch.are_deterministic_algorithms_enabled():  # the call costs an import
+            torch.use_deterministic_algorithms(tc.deterministic, warn_only=True)
+
+        frames, cameras = select_samples(subject, config.data)
+        self.dataset = AvatarDataset(subject, self.gendir, frames, cameras, config.data)
+        self.cameras = list(self.dataset.krt)
+        self.val_dataset, self.val_indices = (
+            validation_set(subject, self.gendir, config, self.cameras) if ctx.is_main else (None, [])
+        )
+        first = self.dataset[0]
+        self.height, self.width = first.camera.height, first.camera.width
+        self.gep = GEPSampler(len(self.dataset), self.height, self.width, config.gep)
+        self.steps_per_epoch = tc.steps_per_epoch or shard_length(len(self.dataset), ctx.world_size)
+        self.total_steps = tc.epochs * self.steps_per_epoch
+
+        found = ckpt.latest_checkpoint(run_dir)
+        if found is not None:
+            check_resumable(ckpt.checkpoint_config(found[1]), config, found[0])
+        torch.manual_seed(tc.seed)  # the same initial parameters in every process
+        learned = tc.background == "learned"
+        initial = initial_backgrounds(self.dataset, self.cameras) if learned and found is None else None
+        self.avatar = Avatar.from_gendir(
+            self.gendir, config.model, config.render, tc.background, self.cameras, initial
+        ).to(self.device)
+        if self.device.type == "cuda":
+            self.avatar.autocast_dtype = PRECISIONS[tc.precision]
+        self.optimizer = torch.optim.Adam(self.avatar.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        milestones = [epoch * self.steps_per_epoch for epoch in tc.lr_decay_epochs]
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, tc.lr_decay)
+        self.perceptual = make_perceptual_loss(config.loss)
+        if self.perceptual is not None:
+            self.perceptual.to(self.device)
+
+        self.step = 0
+        self.resumed_from: int | None = None
+        if found is not None:
+            self._restore(*found)
+        else:
+            ckpt.seed_global_generators(derived_seed(tc.seed, ctx.rank))
+        self.saved_step = self.resumed_from
+        self.model = wrap_model(self.avatar, ctx, tc.sync_batchnorm)
+        self.writer = open_tensorboard(run_dir / TENSORBOARD) if ctx.is_main else None
+        self._interval = torch.zeros(2, len(LOG_KEYS), dtype=torch.float64)  # sums, counts
+        self.log_records: list[dict[str, float]] = []
+        self.validations: list[Validation] = []
+
+    # ---- the run ----------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        tc = self.config.train
+        started = time.perf_counter()
+        if self.ctx.is_main:
+            save_config(self.config, self.run_dir / RUN_CONFIG)
+        stop = self.total_steps if tc.stop_after is None else min(self.total_steps, tc.stop_after)
+        if self.resumed_from is None and tc.val_every > 0:
+            self._validate()
+        if self.resumed_from is not None:
+            log.info("resuming %s at step %d of %d", self.run_dir, self.step, self.total_steps)
+        progress = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc="npva train",
+            unit="step",
+            disable=not (tc.progress and self.ctx.is_main),
+            dynamic_ncols=True,
+        )
+        tick = time.perf_counter()
+        for sample in self._loader(self.step, stop):
+            scalars = self.train_step(sample)
+            now = time.perf_counter()
+            scalars["step_seconds"], tick = now - tick, now
+            self._record(scalars)
+            progress.update(1)
+            progress.set_postfix(
+                loss=f"{scalars['loss']:.4f}", psnr=f"{scalars['psnr']:.2f}", phase=self.phase, refresh=False
+            )
+            if self.step % tc.log_every == 0 or self.step == stop:
+                self._log_interval()
+            if self.step % tc.checkpoint_every == 0 and self.step < stop:
+                self._save_checkpoint()
+            if tc.val_every > 0 and self.step % tc.val_every == 0 and self.step < self.total_steps:
+                self._validate()
+        progress.close()
+        if self.saved_step != self.step:
+            self._save_checkpoint()
+        trained_now = self.step != self.resumed_from
+        if (
+            trained_now
+            and self.step >= self.total_steps
+            and (not self.validations or self.validations[-1].step != self.step)
+        ):
+            self._validate()
+        result = TrainResult(
+            run_dir=self.run_dir,
+            step=self.step,
+            total_steps=self.total_steps,
+            phase=self.phase,
+            lr=self.lr,
+            seconds=time.perf_counter() - started,
+            resumed_from=self.resumed_from,
+            checkpoint=ckpt.checkpoint_path(self.run_dir, self.step),
+            log=self.log_records,
+            validation=self.validations,
+        )
+        if self.ctx.is_main:
+            write_summary(self.run_dir / SUMMARY, result)
+            if self.writer is not None:
+                self.writer.close()
+        return result
+
+    @property
+    def epoch(self) -> float:
+        return self.step / self.steps_per_epoch
+
+    @property
+    def phase(self) -> str:
+        """The GEP phase of the current epoch."""
+        return self.gep.phase_at(self.epoch)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _loader(self, start: int, stop: int) -> DataLoader:
+        """Samples of steps [start, stop) of this process, in the run's data order."""
+        tc = self.config.train
+        order = StepOrder(len(self.dataset), self.ctx.rank, self.ctx.world_size, tc.seed, start, stop)
+        return DataLoader(
+            self.dataset,
+            batch_size=None,
+            sampler=order,
+            num_workers=tc.workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(tc.seed),  # keeps the global generator untouched
+        )
+
+    def _generators(self, step: int) -> tuple[torch.Generator, torch.Generator]:
+        """(CPU generator for the pixels, device generator for the latent and the jitter) of a step."""
+        seed, rank = self.config.train.seed, self.ctx.rank
+        pixels = torch.Generator().manual_seed(derived_seed(seed, step, rank, 0))
+        render = torch.Generator(self.device).manual_seed(derived_seed(seed, step, rank, 1))
+        return pixels, render
+
+    # ---- one step ---------------------------------------------------------------------------------
+
+    def train_step(self, sample: TrainSample) -> dict[str, float]:
+        """Render, compute the losses and update the parameters and error maps for one sample;
+        returns the step's scalars (loss, PSNR of the sampled rays, terms, gradient norm, ...)."""
+        if (sample.camera.height, sample.camera.width) != (self.height, self.width):
+            raise NpvaError(
+                f"training images must share one size: {sample.seq} {sample.frame} camera {sample.cam} is "
+                f"{sample.camera.height}x{sample.camera.width}, others {self.height}x{self.width}"
+            )
+        phase = self.phase
+        pixel_generator, render_generator = self._generators(self.step)
+        pixels = self.gep.sample(sample.index, phase, sample.mask, pixel_generator).to(self.device)
+        sample = sample.to(self.device, non_blocking=True)
+        self.model.train()
+        out = self.model(sample, pixels, render_generator)
+        colour, target = compared_colours(out.rays.colour, sample, pixels, self.config.train.background)
+        xs, ys = pixels[:, 0], pixels[:, 1]
+        total, terms = compute_losses(
+            self.config.loss,
+            colour=colour,
+            target=target,
+            depth=out.rays.depth,
+            mvs_depth=sample.depth[ys, xs],
+            guide_depth=out.rays.guide_depth,
+            coarse=out.scene.coarse_map,
+            posmap=sample.posmap,
+            coverage=self.avatar.coverage,
+            mouth=self.avatar.mouth,
+            displacement=out.maps.displacement[0],
+            mu=out.mu,
+            logstd=out.logstd,
+            patch_shape=self.gep.patch_shape if phase == "patch" else None,
+            perceptual=self.perceptual,
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        max_norm = self.config.train.grad_clip or math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.avatar.parameters(), max_norm)
+        if not torch.isfinite(grad_norm):  # the same on every process: gradients are averaged
+            raise NpvaError(
+                f"non-finite gradients at step {self.step} (loss {float(total):.4g}); "
+                f"lower train.lr or set train.grad_clip, and resume from the last checkpoint"
+            )
+        self.optimizer.step()
+        self.scheduler.step()
+        errors = colour_error(colour.detach(), target)
+        self._update_error_maps(sample.index, pixels, errors)
+        self.step += 1
+        named = {
+            "loss": total.detach(),
+            "psnr": psnr(((colour.detach() - target) ** 2).mean()),
+            **terms,
+            "grad_norm": grad_norm.detach(),
+            "samples_per_ray": out.rays.num_samples.float().mean(),
+        }
+        values = torch.stack([v.float().reshape(()) for v in named.values()]).tolist()
+        return {**dict(zip(named, values, strict=True)), "rays": float(pixels.shape[0])}
+
+    def _update_error_maps(self, index: int, pixels: torch.Tensor, errors: torch.Tensor) -> None:
+        """Fold this step's per-cell error statistics into the maps; with several processes every
+        process folds every process's statistics, in rank order, so that the maps stay identical."""
+        sums, counts = self.gep.cell_statistics(pixels, errors)
+        if not self.ctx.enabled:
+            self.gep.accumulate(index, sums, counts)
+            return
+        cells = sums.numel()
+        row = torch.cat([sums.new_tensor([index]), sums.reshape(-1), counts.reshape(-1)]).double()
+        for gathered in all_gather_rows(row, self.ctx).cpu():
+            self.gep.accumulate(
+                int(gathered[0]),
+                gathered[1 : 1 + cells].reshape(sums.shape),
+                gathered[1 + cells :].reshape(sums.shape),
+            )
+
+    # ---- logging and validation -------------------------------------------------------------------
+
+    def _record(self, scalars: dict[str, float]) -> None:
+        for i, key in enumerate(LOG_KEYS):
+            if key in scalars:
+                self._interval[0, i] += scalars[key]
+                self._interval[1, i] += 1
+
+    def _log_interval(self) -> None:
+        """Means over the steps since the last log, averaged over the processes, to TensorBoard."""
+        totals = all_reduce_sum(self._interval.to(self.device), self.ctx).cpu()
+        self._interval.zero_()
+        if not self.ctx.is_main:
+            return
+        seen = totals[1] > 0
+        record = {key: float(totals[0, i] / totals[1, i]) for i, key in enumerate(LOG_KEYS) if seen[i]}
+        record.update(
+            step=float(self.step), epoch=self.epoch, lr=self.lr, phase=float(PHASES.index(self.phase))
+        )
+        self.log_records.append(record)
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step":
+                    group = (
+                        "loss"
+                        if key in ("loss", *(f.name for f in dataclasses.fields(LossTerms)))
+                        else "train"
+                    )
+                    self.writer.add_scalar(f"{group}/{key}", value, self.step)
+
+    def _validate(self) -> None:
+        """Render the held-out pairs in full (rank 0) and log their PSNR and images."""
+        if self.val_dataset is None or not self.ctx.is_main:
+            return
+        result, images = evaluate(self.avatar, self.val_dataset, self.val_indices, self.device)
+        result.step = self.step
+        self.validations.append(result)
+        log.info(
+            "step %d: held-out PSNR %.2f dB (image), %.2f dB (mask)",
+            self.step,
+            result.psnr_image,
+            result.psnr_mask,
+        )
+        if self.writer is not None:
+            self.writer.add_scalar("val/psnr_image", result.psnr_image, self.step)
+            self.writer.add_scalar("val/psnr_mask", result.psnr_mask, self.step)
+            for info, image in zip(result.samples, images, strict=True):
+                tag = f"val/{info['seq']}/{info['frame']}/{info['cam']}"
+                self.writer.add_image(tag, image, self.step)
+            self.writer.flush()
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+
+    def _save_checkpoint(self) -> None:
+        """Every process contributes its parameter digest and generator states; rank 0 writes."""
+        maps = self.gep.state_dict()
+        own = {
+            "parameters": ckpt.parameter_digest(self.avatar),
+            "error_maps": ckpt.tensor_digest((name, maps[name]) for name in ("error_map", "error_count")),
+        }
+        digests = gather_objects(own, self.ctx)
+        generators = gather_objects(ckpt.generator_states(self.device), self.ctx)
+        self.saved_step = self.step
+        if not self.ctx.is_main:
+            return
+        if any(other != own for other in digests):
+            log.error("the processes' parameters or error maps differ at step %d: %s", self.step, digests)
+        state = {
+            "format": ckpt.FORMAT,
+            "version": ckpt.VERSION,
+            "npva_version": __version__,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "epoch": self.epoch,
+            "phase": self.phase,
+            "config": to_dict(self.config),
+            "model": self.avatar.state_dict(),
+            "cameras": self.cameras,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "gep": self.gep.state_dict(),
+            "rng": generators,
+            "data": {
+                "keys": [tuple(key) for key in self.dataset.keys],
+                "seed": self.config.train.seed,
+                "position": self.step,
+                "world_size": self.ctx.world_size,
+            },
+            "perceptual": None if self.perceptual is None else self.perceptual.name,
+            "rank_digests": digests,
+        }
+        ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.step), state)
+        ckpt.prune_checkpoints(self.run_dir, self.config.train.keep_checkpoints)
+
+    def _restore(self, path: Path, state: dict[str, Any]) -> None:
+        keys = [tuple(key) for key in state["data"]["keys"]]
+        if keys != [tuple(key) for key in self.dataset.keys]:
+            raise NpvaError(
+                f"{path}: the training samples differ from the checkpoint's ({len(keys)} then, "
+                f"{len(self.dataset)} now); resume with the same subject, frames, cameras and "
+                f"preprocessing, or train into another --out"
+            )
+        self.avatar.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.gep.load_state_dict(state["gep"])
+        self.step = self.resumed_from = int(state["step"])
+        name = None if self.perceptual is None else self.perceptual.name
+        if state["perceptual"] != name:
+            log.warning("%s used the perceptual loss %s, this run uses %s", path, state["perceptual"], name)
+        generators = state["rng"]
+        if len(generators) == self.ctx.world_size:
+            ckpt.restore_generator_states(generators[self.ctx.rank], self.device)
+        else:
+            log.warning(
+                "%s was written by %d processes, this run has %d: the data order and random draws "
+                "continue differently",
+                path,
+                len(generators),
+                self.ctx.world_size,
+            )
+            ckpt.seed_global_generators(derived_seed(self.config.train.seed, self.ctx.rank, self.step))
+
+
+# ---- pieces ---------------------------------------------------------------------------------------
+
+
+def check_settings(config: ExperimentConfig) -> None:
+    """NpvaError naming the settings when they contradict each other or are out of range."""
+    tc = config.train
+    if config.data.texture_size != config.model.texture_size:
+        raise NpvaError(
+            f"data.texture_size ({config.data.texture_size}) must equal model.texture_size "
+            f"({config.model.texture_size})"
+        )
+    if tc.precision not in PRECISIONS:
+        raise NpvaError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {tc.precision!r}")
+    minimum = {
+        "epochs": 1,
+        "log_every": 1,
+        "checkpoint_every": 1,
+        "keep_checkpoints": 1,
+        "val_every": 0,
+        "val_samples": 1,
+        "workers": 0,
+    }
+    for name, low in minimum.items():
+        if getattr(tc, name) < low:
+            raise NpvaError(f"train.{name} must be at least {low}, got {getattr(tc, name)}")
+    for name in ("steps_per_epoch", "stop_after"):
+        value = getattr(tc, name)
+        if value is not None and value < (1 if name == "steps_per_epoch" else 0):
+            raise NpvaError(f"train.{name} must be positive (or none), got {value}")
+    if tc.lr <= 0 or tc.grad_clip is not None and tc.grad_clip <= 0:
+        raise NpvaError(f"train.lr and train.grad_clip must be positive, got {tc.lr}, {tc.grad_clip}")
+
+
+def check_preprocessed(subject: Path, gendir: Path, config: ExperimentConfig) -> None:
+    """NpvaError saying what to run when the subject has no usable preprocessing output."""
+    if not subject.is_dir():
+        raise MissingFileError(subject, "subject directory")
+    uv = config.model.posmap_size
+    manifest = read_manifest(GenDir(gendir))
+    if manifest is None:
+        raise NpvaError(
+            f"{subject} is not preprocessed ({gendir / 'manifest.json'} is missing): run "
+            f"npva preprocess {subject} --uv-size {uv}"
+            + (f" --gendir {gendir}" if gendir != subject / "gendir" else "")
+        )
+    made = manifest.get("settings", {}).get("uv_size")
+    if made != uv:
+        raise NpvaError(
+            f"{gendir} was preprocessed with --uv-size {made} but model.posmap_size is {uv}: preprocess "
+            f"again with --uv-size {uv} (into another --gendir), or choose a model of that size"
+        )
+
+
+def check_resumable(saved: ExperimentConfig, given: ExperimentConfig, path: Path) -> None:
+    """NpvaError listing the settings that differ from a checkpoint's in a way resuming cannot honour."""
+    before, after = _flatten(to_dict(saved)), _flatten(to_dict(given))
+    changed = [key for key in before if before[key] != after.get(key)]
+    fixed = [key for key in changed if key not in RESUME_FIXED_EXCEPT]
+    if fixed:
+        detail = "; ".join(f"{key}: {before[key]!r} -> {after[key]!r}" for key in fixed[:6])
+        raise NpvaError(
+            f"{path} was trained with other settings ({detail}); resume with the run's own settings "
+            f"(leave out --preset and --config) or train into another --out"
+        )
+    if changed:
+        log.info("resuming with changed settings: %s", ", ".join(changed))
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = list(value) if isinstance(value, (list, tuple)) else value
+    return flat
+
+
+def validation_set(
+    subject: Path, gendir: Path, config: ExperimentConfig, train_cameras: list[str]
+) -> tuple[AvatarDataset | None, list[int]]:
+    """The held-out samples (train.val_frames, with train.val_cameras or the training cameras) and
+    train.val_samples indices spread evenly over them; (None, []) when the subject has none."""
+    tc = config.train
+    data = dataclasses.replace(
+        config.data, frames=tc.val_frames, cameras=tuple(tc.val_cameras or train_cameras), camera_split=False
+    )
+    try:
+        frames, cameras = select_samples(subject, data)
+        dataset = AvatarDataset(subject, gendir, frames, cameras, data)
+    except NpvaError as exc:
+        log.warning("no validation: %s", exc)
+        return None, []
+    count = min(tc.val_samples, len(dataset))
+    indices = sorted({int(i) for i in np.linspace(0, len(dataset) - 1, count).round()})
+    return dataset, indices
+
+
+def initial_backgrounds(dataset: AvatarDataset, cameras: Iterable[str]) -> torch.Tensor:
+    """(N, 3) starting background colour per camera: the mean photo colour outside the mask in the
+    camera's first sample (mid grey when the mask covers everything)."""
+    first: dict[str, int] = {}
+    for index, key in enumerate(dataset.keys):
+        first.setdefault(key.cam, index)
+    colours = []
+    for cam in cameras:
+        sample = dataset[first[cam]]
+        outside = ~sample.mask
+        colour = sample.image[:, outside].mean(1) if outside.any() else torch.full((3,), 0.5)
+        colours.append(colour)
+    return torch.stack(colours)
+
+
+def compared_colours(
+    colour: torch.Tensor, sample: TrainSample, pixels: torch.Tensor, background: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rendered, photo) colours (R, 3) of pixels (R, 2) (x, y) as the loss compares them: with the
+    "mask" background both are zero outside the mask, so only pixels inside it count."""
+    xs, ys = pixels[:, 0], pixels[:, 1]
+    target = sample.image[:, ys, xs].T
+    if background == "mask":
+        inside = sample.mask[ys, xs, None].to(colour.dtype)
+        return colour * inside, target * inside
+    return colour, target
+
+
+def psnr(mse: torch.Tensor) -> torch.Tensor:
+    """10 log10(1 / mse) for colours in [0, 1] (mse floored at 1e-10)."""
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+
+@torch.no_grad()
+def evaluate(
+    avatar: Avatar, dataset: AvatarDataset, indices: list[int], device: torch.device | str
+) -> tuple[Validation, list[torch.Tensor]]:
+    """Render the samples `indices` of `dataset` in full (evaluation mode: z = mu, no jitter) and
+    compare them with their photos. Returns the PSNRs (step 0; the caller sets it) and, per sample,
+    an image (3, H, 2W) with the render beside the photo."""
+    samples, images = [], []
+    for index in indices:
+        sample = dataset[index].to(device)
+        rendered, _ = avatar.render_image(sample)
+        rendered = rendered.clamp(0, 1).permute(2, 0, 1)  # (3, H, W)
+        squared = ((rendered - sample.image) ** 2).mean(0)  # (H, W)
+        inside = squared[sample.mask]
+        samples.append(
+            {
+                "seq": sample.seq,
+                "frame": sample.frame,
+                "cam": sample.cam,
+                "psnr_image": float(psnr(squared.mean())),
+                "psnr_mask": float(psnr(inside.mean())) if inside.numel() else math.nan,
+            }
+        )
+        images.append(torch.cat((rendered, sample.image), 2).cpu())
+    mean = {key: float(np.nanmean([s[key] for s in samples])) for key in ("psnr_image", "psnr_mask")}
+    return Validation(step=0, samples=samples, **mean), images
+
+
+def open_tensorboard(folder: Path):
+    """A TensorBoard SummaryWriter, or None (with a warning) when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("tensorboard is not installed (pip install tensorboard): no TensorBoard logs")
+        return None
+    return SummaryWriter(str(folder))
+
+
+def write_summary(path: Path, result: TrainResult) -> None:
+    """summary.json: where the run stands and its last validation."""
+    summary = {
+        "step": result.step,
+        "total_steps": result.total_steps,
+        "finished": result.finished,
+        "phase": result.phase,
+        "lr": result.lr,
+        "seconds": result.seconds,
+        "resumed_from": result.resumed_from,
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "last_log": result.log[-1] if result.log else None,
+        "validation": [dataclasses.asdict(v) for v in result.validation],
+    }
+    with atomic_open(path, "w") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")

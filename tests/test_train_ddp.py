@@ -1,0 +1,72 @@
+"""Two training processes under torchrun (gloo on the CPU) keep identical parameters and error maps."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from npva.config import PreprocessConfig
+from npva.preprocess import preprocess_subject
+from npva.train import checkpoint as ckpt
+from npva.train.distributed import StepOrder
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def gendir(tiny_subject: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train_ddp") / "gendir"
+    summary = preprocess_subject(tiny_subject, PreprocessConfig(uv_size=32), out, progress=False)
+    assert not summary.failed, summary
+    return out
+
+
+def test_two_gloo_processes_keep_identical_parameters(tiny_subject, gendir, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "npva",
+        "train",
+        str(tiny_subject),
+        "--gendir",
+        str(gendir),
+        "--out",
+        str(run_dir),
+        "--preset",
+        "tiny",
+        "--set",
+        f"train.epochs={STEPS}",
+        "--set",
+        "gep.error_start=2",  # grid, error and patch phases within the six steps
+        "--set",
+        "gep.patch_start=4",
+        "--set",
+        "train.device=cpu",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("training finished at step 6 of 6") == 1  # rank 0 reports
+
+    state = ckpt.load_checkpoint(ckpt.list_checkpoints(run_dir)[-1])
+    assert state["step"] == STEPS and state["data"]["world_size"] == 2
+    digests = state["rank_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    avatar, _ = ckpt.load_avatar(ckpt.list_checkpoints(run_dir)[-1])
+    assert digests[0]["parameters"] == ckpt.parameter_digest(avatar)
+    # rank 0's error maps hold the errors of the images both processes trained on
+    num_samples, seed = len(state["data"]["keys"]), state["data"]["seed"]
+    seen = {i for rank in (0, 1) for i in StepOrder(num_samples, rank, 2, seed, 0, STEPS)}
+    counted = state["gep"]["error_count"].sum(dim=(1, 2)) > 0
+    assert set(counted.nonzero().flatten().tolist()) == seen and len(seen) > STEPS
+    assert len(state["rng"]) == 2 and not state["rng"][0]["torch"].equal(state["rng"][1]["torch"])

@@ -1,0 +1,309 @@
+"""The training engine on the tiny subject: learning, exact resume, checkpoints, settings, backgrounds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from npva.cli import main
+from npva.config import (
+    ExperimentConfig,
+    PreprocessConfig,
+    apply_overrides,
+    load_config,
+    save_config,
+)
+from npva.errors import FormatError, NpvaError
+from npva.geometry.camera import look_at
+from npva.preprocess import preprocess_subject
+from npva.train import build_config, load_avatar, preset_config, train
+from npva.train import checkpoint as ckpt
+from npva.train.avatar import Avatar, CameraBackground
+from npva.train.data import AvatarDataset
+from npva.train.distributed import StepOrder
+from npva.train.engine import compared_colours
+
+UV_SIZE = 32  # the tiny preset's model.posmap_size
+
+
+@pytest.fixture(scope="module")
+def gendir(tiny_subject: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train_engine") / "gendir"
+    summary = preprocess_subject(tiny_subject, PreprocessConfig(uv_size=UV_SIZE), out, progress=False)
+    assert not summary.failed, summary
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_subject: Path, gendir: Path, tmp_path_factory):
+    """An uninterrupted run of the tiny preset (35 steps through all three GEP phases)."""
+    run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
+    return train(tiny_subject, run_dir, preset_config("tiny"), gendir=gendir)
+
+
+def test_training_lowers_the_loss_and_raises_held_out_psnr(tiny_run):
+    assert tiny_run.finished and tiny_run.step == tiny_run.total_steps == 35
+    first, last = tiny_run.log[0], tiny_run.log[-1]
+    assert last["rgb"] < 0.8 * first["rgb"]
+    assert last["psnr"] > first["psnr"] + 2.0
+    assert {record["phase"] for record in tiny_run.log} == {0.0, 1.0, 2.0}  # grid, error, patch
+    assert "lpips" in last and "lpips" not in first  # the perceptual term in the patch phase only
+    before, after = tiny_run.validation[0], tiny_run.validation[-1]
+    assert (before.step, after.step) == (0, 35)
+    assert after.psnr_image > before.psnr_image + 3.0
+    assert after.psnr_mask > before.psnr_mask + 3.0
+    assert tiny_run.lr == pytest.approx(1e-4)  # decayed x0.1 at epoch 15 of 35
+
+
+def test_stopped_run_resumed_from_the_command_line_matches_an_uninterrupted_one(
+    tiny_subject, gendir, tiny_run, tmp_path
+):
+    run_dir = tmp_path / "run"
+    common = [str(tiny_subject), "--out", str(run_dir), "--gendir", str(gendir), "--preset", "tiny"]
+    assert main(["train", *common, "--set", "train.stop_after=13"]) == 0
+    stopped = ckpt.load_checkpoint(ckpt.list_checkpoints(run_dir)[-1])
+    assert stopped["step"] == 13 and stopped["phase"] == "error"
+    assert main(["train", str(tiny_subject), "--out", str(run_dir), "--gendir", str(gendir)]) == 0
+
+    resumed = ckpt.load_checkpoint(ckpt.list_checkpoints(run_dir)[-1])
+    reference = ckpt.load_checkpoint(tiny_run.checkpoint)
+    for key in ("step", "epoch", "phase", "total_steps"):
+        assert resumed[key] == reference[key], key
+    assert resumed["scheduler"]["_last_lr"] == reference["scheduler"]["_last_lr"] == [pytest.approx(1e-4)]
+    for name, tensor in reference["model"].items():
+        if isinstance(tensor, torch.Tensor):
+            assert torch.equal(resumed["model"][name], tensor), name
+    for name in ("error_map", "error_count"):
+        assert torch.equal(resumed["gep"][name], reference["gep"][name]), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["finished"] and summary["resumed_from"] == 13
+
+
+def test_checkpoints_are_complete_and_render_without_the_gendir(tiny_run, tiny_subject):
+    files = sorted(p.name for p in ckpt.checkpoint_dir(tiny_run.run_dir).iterdir())
+    assert files == ["step_00000030.pt", "step_00000035.pt"]  # keep_checkpoints 2, no temporary files
+    state = ckpt.load_checkpoint(tiny_run.checkpoint)
+    assert set(ckpt.REQUIRED_KEYS) <= set(state)
+    assert ckpt.checkpoint_config(state) == preset_config("tiny")
+    assert load_config(tiny_run.run_dir / "config.yaml") == preset_config("tiny")
+    assert state["perceptual"] == "st-lpips-vgg" and state["data"]["position"] == 35
+    assert len(state["data"]["keys"]) == 30  # 6 training frames x 5 cameras
+    avatar, config = load_avatar(tiny_run.checkpoint)
+    assert config == preset_config("tiny") and not avatar.training
+    assert state["rank_digests"] == [
+        {
+            "parameters": ckpt.parameter_digest(avatar),
+            "error_maps": ckpt.tensor_digest((n, state["gep"][n]) for n in ("error_map", "error_count")),
+        }
+    ]
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_file(tiny_run, tmp_path, monkeypatch):
+    state = ckpt.load_checkpoint(tiny_run.checkpoint)
+    path = ckpt.checkpoint_path(tmp_path, 35)
+    ckpt.save_checkpoint(path, state)
+    original = path.read_bytes()
+
+    def failing_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_checkpoint(path, state)
+    assert path.read_bytes() == original
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    with pytest.raises(ValueError, match="lacks step"):
+        ckpt.save_checkpoint(path, {k: v for k, v in state.items() if k != "step"})
+
+
+def test_damaged_newest_checkpoint_is_skipped_on_resume(tiny_run, tmp_path):
+    older, newer = ckpt.checkpoint_path(tmp_path, 30), ckpt.checkpoint_path(tmp_path, 35)
+    older.parent.mkdir()
+    older.write_bytes(ckpt.list_checkpoints(tiny_run.run_dir)[0].read_bytes())
+    newer.write_bytes(tiny_run.checkpoint.read_bytes()[:1000])
+    with pytest.raises(FormatError, match="step_00000035.pt"):
+        ckpt.load_checkpoint(newer)
+    path, state = ckpt.latest_checkpoint(tmp_path)
+    assert path == older and state["step"] == 30
+
+
+def test_resume_with_other_model_settings_is_refused(tiny_subject, gendir, tiny_run):
+    config = apply_overrides(preset_config("tiny"), ["render.query.k=4"])
+    with pytest.raises(NpvaError, match="render.query.k"):
+        train(tiny_subject, tiny_run.run_dir, config, gendir=gendir)
+
+
+def test_train_needs_a_preprocessed_subject(tiny_subject, tmp_path, capsys):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    args = ["train", str(tiny_subject), "--out", str(tmp_path / "run"), "--gendir", str(empty)]
+    assert main([*args, "--preset", "tiny"]) == 2
+    assert "npva preprocess" in capsys.readouterr().err
+    assert main([*args, "--preset", "tiny", "--set", "train.lrr=1"]) == 2
+    assert "unknown setting 'train.lrr'" in capsys.readouterr().err
+
+
+def test_train_refuses_a_gendir_of_another_uv_size(tiny_subject, gendir, tmp_path):
+    config = apply_overrides(
+        preset_config("tiny"),
+        ["model.posmap_size=16", "model.encoder_channels=8,8", "model.coarse_channels=8,3"],
+    )
+    with pytest.raises(NpvaError, match="--uv-size 16"):
+        train(tiny_subject, tmp_path / "run", config, gendir=gendir)
+
+
+# ---- settings -------------------------------------------------------------------------------------
+
+
+def test_config_yaml_round_trip(tmp_path):
+    config = apply_overrides(
+        preset_config("demo"),
+        ["data.cameras=000063,400029", "train.grad_clip=none", "gep.error_momentum=0.9"],
+    )
+    path = tmp_path / "config.yaml"
+    save_config(config, path)
+    assert load_config(path) == config
+    assert load_config(path).data.cameras == ("000063", "400029")
+
+
+def test_partial_yaml_changes_only_what_it_names(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  lr: 5e-4\n  lr_decay_epochs: [10, 20]\nrender:\n  query: {k: 4}\n")
+    config = build_config("tiny", path, ["train.lr=2e-3"])
+    expected = preset_config("tiny")
+    expected.train.lr_decay_epochs = (10, 20)
+    expected.train.lr = 2e-3  # --set comes after the file
+    expected.render.query.k = 4
+    assert config == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train:\n  lrr: 1\n", "unknown setting 'train.lrr'"),
+        ("train:\n  epochs: many\n", "train.epochs: expected int"),
+        ("render:\n  query: 3\n", "render.query: expected a mapping"),
+        ("- a list\n", "expected a mapping"),
+        ("train: [1\n", "not valid YAML"),
+    ],
+)
+def test_bad_yaml_names_the_file_and_setting(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(FormatError, match=message) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_set_overrides_are_typed_by_the_fields():
+    config = apply_overrides(
+        ExperimentConfig(),
+        [
+            "train.lr=5e-4",
+            "train.epochs=3",
+            "train.progress=false",
+            "train.stop_after=none",
+            "train.lr_decay_epochs=[1, 2]",
+            "data.cameras=400029",
+            "loss.lpips_weights=a.pth:b.pth",
+            "render.decoder.variant=pointnerf",
+        ],
+    )
+    assert config.train.lr == 5e-4 and config.train.epochs == 3 and config.train.progress is False
+    assert config.train.stop_after is None and config.train.lr_decay_epochs == (1, 2)
+    assert config.data.cameras == ("400029",) and config.loss.lpips_weights == "a.pth:b.pth"
+    assert config.render.decoder.variant == "pointnerf"
+    for bad, message in [
+        ("train.lrr=1", "unknown setting 'train.lrr'"),
+        ("train.epochs=1.5", "expected int"),
+        ("train=1", "is a section"),
+        ("train.lr.x=1", "is a setting, not a section"),
+        ("lr", "expected key=value"),
+    ]:
+        with pytest.raises(NpvaError, match=message):
+            apply_overrides(ExperimentConfig(), [bad])
+
+
+def test_presets_build_consistent_models():
+    for name in ("tiny", "demo", "full"):
+        config = preset_config(name)
+        assert config.data.texture_size == config.model.texture_size
+        assert config.render.decoder.feature_dim == config.model.feature_channels[-1]
+    assert preset_config("full") == ExperimentConfig()
+    assert yaml.safe_load(yaml.safe_dump(dataclasses.asdict(preset_config("tiny"))))  # plain data
+
+
+# ---- data order and backgrounds -------------------------------------------------------------------
+
+
+def test_step_order_shards_each_pass_and_resumes_mid_way():
+    num, world = 7, 3
+    orders = [list(StepOrder(num, rank, world, seed=5, start=0, stop=6)) for rank in range(world)]
+    first_pass = sorted(i for order in orders for i in order[:3])
+    assert set(first_pass) == set(range(num)) and len(first_pass) == 9  # padded by 2 repeats
+    assert orders[0][3:] != orders[0][:3]  # the second pass is reshuffled
+    assert list(StepOrder(num, 1, world, seed=5, start=4, stop=6)) == orders[1][4:]
+    assert list(StepOrder(num, 1, world, seed=6, start=0, stop=6)) != orders[1]
+
+
+def _camera_looking_away(name: str):
+    """A 12x16 camera 5 m in front of the head, facing away from it."""
+    K = np.array([[40.0, 0, 8], [0, 40, 6], [0, 0, 1]])
+    return look_at(
+        name, np.array([0, 0, 5000.0]), np.array([0, 0, 10000.0]), np.array([0, 1.0, 0]), K, 12, 16
+    )
+
+
+def test_learned_background_per_camera_and_mean_for_unknown_ones():
+    background = CameraBackground(["a", "b"], torch.tensor([[0.2, 0.2, 0.2], [0.6, 0.4, 0.2]]))
+    assert torch.allclose(background("b"), torch.tensor([0.6, 0.4, 0.2]))
+    assert torch.allclose(background("unseen"), torch.tensor([0.4, 0.3, 0.2]))
+    with pytest.raises(ValueError, match="cameras"):
+        CameraBackground(["a", "c"]).load_state_dict(background.state_dict())
+
+
+def test_missed_rays_show_the_background_and_mask_mode_compares_inside_only(gendir, tiny_subject):
+    config = preset_config("tiny")
+    avatar = Avatar.from_gendir(gendir, config.model, config.render, "learned", ["far"])
+    with torch.no_grad():
+        avatar.background.colours.copy_(torch.tensor([[0.1, 0.5, 0.9]]))
+    sample = AvatarDataset(
+        tiny_subject, gendir, [("E001_Neutral_Eyes_Open", "000003")], ["400029"], config.data
+    )[0]
+    sample = dataclasses.replace(sample, cam="far", camera=_camera_looking_away("far"))
+    image, out = avatar.render_image(sample)
+    assert out.rays.opacity.max() == 0
+    assert torch.allclose(image, torch.tensor([0.1, 0.5, 0.9]).expand_as(image))
+    black = Avatar.from_gendir(gendir, config.model, config.render, "black")
+    assert black.background is None and black.render_image(sample)[0].abs().max() == 0
+
+    real = AvatarDataset(
+        tiny_subject, gendir, [("E001_Neutral_Eyes_Open", "000003")], ["400029"], config.data
+    )[0]
+    pixels = torch.tensor([[x, y] for y in range(real.mask.shape[0]) for x in range(real.mask.shape[1])])
+    colour = torch.rand(pixels.shape[0], 3)
+    masked, target = compared_colours(colour, real, pixels, "mask")
+    inside = real.mask.reshape(-1)
+    assert inside.any() and (~inside).any()
+    assert masked[~inside].abs().max() == 0 and target[~inside].abs().max() == 0
+    assert torch.equal(masked[inside], colour[inside])
+    unmasked, _ = compared_colours(colour, real, pixels, "learned")
+    assert torch.equal(unmasked, colour)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_few_bf16_steps_on_cuda(tiny_subject, gendir, tmp_path):
+    config = apply_overrides(
+        preset_config("tiny"), ["train.epochs=12", "train.device=cuda", "train.precision=bf16"]
+    )
+    result = train(tiny_subject, tmp_path / "run", config, gendir=gendir)
+    assert result.finished and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.log)
+    assert result.validation[-1].psnr_image > result.validation[0].psnr_image
