@@ -92,6 +92,7 @@ def test_checkpoints_are_complete_and_render_without_the_gendir(tiny_run, tiny_s
     assert set(ckpt.REQUIRED_KEYS) <= set(state)
     assert ckpt.checkpoint_config(state) == preset_config("tiny")
     assert load_config(tiny_run.run_dir / "config.yaml") == preset_config("tiny")
+    assert list((tiny_run.run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert state["perceptual"] == "st-lpips-vgg" and state["data"]["position"] == 35
     assert len(state["data"]["keys"]) == 30  # 6 training frames x 5 cameras
     avatar, config = load_avatar(tiny_run.checkpoint)

@@ -105,11 +105,6 @@ def wrap_model(module: nn.Module, ctx: DistributedContext, sync_batchnorm: bool)
     return ddp(module, broadcast_buffers=False)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper (or the module itself)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def all_gather_rows(row: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
     """(n,) from every process -> (W, n), in rank order (on this process's device)."""
     if not ctx.enabled:
@@ -134,20 +129,6 @@ def gather_objects(value: Any, ctx: DistributedContext) -> list[Any]:
     values: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(values, value)
     return values
-
-
-def broadcast_object(value: Any, ctx: DistributedContext) -> Any:
-    """Rank 0's value on every process."""
-    if not ctx.enabled:
-        return value
-    box = [value if ctx.is_main else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def barrier(ctx: DistributedContext) -> None:
-    if ctx.enabled:
-        dist.barrier()
 
 
 def derived_seed(*numbers: int) -> int:

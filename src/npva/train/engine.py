@@ -447,8 +447,7 @@ class Trainer:
         """Render the held-out pairs in full (rank 0) and log their PSNR and images."""
         if self.val_dataset is None or not self.ctx.is_main:
             return
-        result, images = evaluate(self.avatar, self.val_dataset, self.val_indices, self.device)
-        result.step = self.step
+        result, images = evaluate(self.avatar, self.val_dataset, self.val_indices, self.device, self.step)
         self.validations.append(result)
         log.info(
             "step %d: held-out PSNR %.2f dB (image), %.2f dB (mask)",
@@ -671,11 +670,11 @@ def psnr(mse: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(
-    avatar: Avatar, dataset: AvatarDataset, indices: list[int], device: torch.device | str
+    avatar: Avatar, dataset: AvatarDataset, indices: list[int], device: torch.device | str, step: int = 0
 ) -> tuple[Validation, list[torch.Tensor]]:
     """Render the samples `indices` of `dataset` in full (evaluation mode: z = mu, no jitter) and
-    compare them with their photos. Returns the PSNRs (step 0; the caller sets it) and, per sample,
-    an image (3, H, 2W) with the render beside the photo."""
+    compare them with their photos. Returns the PSNRs (recorded at `step`) and, per sample, an image
+    (3, H, 2W) with the render beside the photo."""
     samples, images = [], []
     for index in indices:
         sample = dataset[index].to(device)
@@ -694,7 +693,7 @@ def evaluate(
         )
         images.append(torch.cat((rendered, sample.image), 2).cpu())
     mean = {key: float(np.nanmean([s[key] for s in samples])) for key in ("psnr_image", "psnr_mask")}
-    return Validation(step=0, samples=samples, **mean), images
+    return Validation(step=step, samples=samples, **mean), images
 
 
 def open_tensorboard(folder: Path):
