@@ -16,6 +16,7 @@ $(BIN)/.installed: pyproject.toml
 
 demo: $(BIN)/.installed
 	$(BIN)/npva synth --preset demo --out $(DEMO_DIR)/subject
+	$(BIN)/npva preprocess $(DEMO_DIR)/subject --workers 2 --no-progress
 	$(BIN)/npva check $(DEMO_DIR)/subject
 
 test: $(BIN)/.installed
