@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from npva.config import DecoderConfig
+from npva.errors import ConfigError
 from npva.model.compositing import composite, sample_intervals
 from npva.model.decoding import (
     PointNeRFDecoder,
@@ -17,7 +18,6 @@ from npva.model.decoding import (
     make_radiance_decoder,
 )
 from npva.model.encoding import encoded_width, positional_encoding
-from npva.model.networks import ConfigError
 
 DECODERS = [RadianceDecoder, PointNeRFDecoder]
 NAN = float("nan")

@@ -11,12 +11,11 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from npva.config import DecoderConfig, ModelConfig
-from npva.errors import NpvaError
+from npva.errors import ConfigError, NpvaError
 from npva.model.decoding import PointNeRFDecoder, RadianceDecoder
 from npva.model.networks import (
     AvatarNetwork,
     CoarseDecoder,
-    ConfigError,
     DisplacementDecoder,
     Encoder,
     FeatureDecoder,

@@ -26,3 +26,7 @@ class MissingFileError(NpvaError, FileNotFoundError):
     def __init__(self, path: str | Path, what: str = "file"):
         self.path = Path(path)
         super().__init__(f"{self.path}: missing {what}")
+
+
+class ConfigError(NpvaError, ValueError):
+    """Settings that contradict each other; the message names the fields and what would fit."""

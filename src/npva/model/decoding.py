@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from npva.config import DecoderConfig
+from npva.errors import ConfigError
 from npva.model.encoding import encoded_width, positional_encoding
-from npva.model.networks import ConfigError
 
 OFFSET_CHANNELS = 6  # [p_k - x in world ; p_k - x in camera frame]
 DIRECTION_CHANNELS = 3

@@ -18,13 +18,9 @@ import torch
 from torch import nn
 
 from npva.config import ModelConfig
-from npva.errors import NpvaError
+from npva.errors import ConfigError
 
 IMAGE_CHANNELS = 3  # RGB texture, xyz position map, xyz coarse offset and displacement
-
-
-class ConfigError(NpvaError, ValueError):
-    """Settings that contradict each other; the message names the fields and what would fit."""
 
 
 # ----------------------------------------------------------------------------------------------
