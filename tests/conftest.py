@@ -11,3 +11,20 @@ def tiny_subject(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "tiny"
     write_subject(out, preset="tiny", seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def gendir(tiny_subject: Path, tmp_path_factory) -> Path:
+    """The tiny subject preprocessed at the tiny training preset's UV size, once per test process.
+
+    Shared: a test that damages a gendir works on its own copy.
+    """
+    from npva.config import PreprocessConfig
+    from npva.preprocess import preprocess_subject
+    from npva.train.presets import preset_config
+
+    uv_size = preset_config("tiny").model.posmap_size
+    out = tmp_path_factory.mktemp("prep_tiny") / "gendir"
+    summary = preprocess_subject(tiny_subject, PreprocessConfig(uv_size=uv_size), out, progress=False)
+    assert not summary.failed, summary
+    return out

@@ -15,24 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from npva.config import DataConfig, PreprocessConfig
+from npva.config import DataConfig
 from npva.errors import FormatError, NpvaError
 from npva.geometry.camera import project
 from npva.io.multiface import read_frame_list, read_image, read_krt, read_obj, write_image
 from npva.io.subject import SubjectLayout
-from npva.preprocess import preprocess_subject
 from npva.preprocess.gendir import GenDir
 from npva.train.data import AvatarDataset, TrainSample, select_samples
 
 CONFIG = DataConfig(texture_size=32, image_cache="none")
-
-
-@pytest.fixture(scope="module")
-def gendir(tiny_subject: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("train_data") / "gendir"
-    summary = preprocess_subject(tiny_subject, PreprocessConfig(uv_size=32), out, progress=False)
-    assert not summary.failed, summary
-    return out
 
 
 @pytest.fixture(scope="module")

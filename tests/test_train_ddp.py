@@ -5,24 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
-
-from npva.config import PreprocessConfig
-from npva.preprocess import preprocess_subject
 from npva.train import checkpoint as ckpt
 from npva.train.distributed import StepOrder
 
 STEPS = 6
-
-
-@pytest.fixture(scope="module")
-def gendir(tiny_subject: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("train_ddp") / "gendir"
-    summary = preprocess_subject(tiny_subject, PreprocessConfig(uv_size=32), out, progress=False)
-    assert not summary.failed, summary
-    return out
 
 
 def test_two_gloo_processes_keep_identical_parameters(tiny_subject, gendir, tmp_path):

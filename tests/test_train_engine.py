@@ -14,30 +14,18 @@ import yaml
 from npva.cli import main
 from npva.config import (
     ExperimentConfig,
-    PreprocessConfig,
     apply_overrides,
     load_config,
     save_config,
 )
 from npva.errors import FormatError, NpvaError
 from npva.geometry.camera import look_at
-from npva.preprocess import preprocess_subject
 from npva.train import build_config, load_avatar, preset_config, train
 from npva.train import checkpoint as ckpt
 from npva.train.avatar import Avatar, CameraBackground
 from npva.train.data import AvatarDataset
 from npva.train.distributed import StepOrder
 from npva.train.engine import compared_colours
-
-UV_SIZE = 32  # the tiny preset's model.posmap_size
-
-
-@pytest.fixture(scope="module")
-def gendir(tiny_subject: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("train_engine") / "gendir"
-    summary = preprocess_subject(tiny_subject, PreprocessConfig(uv_size=UV_SIZE), out, progress=False)
-    assert not summary.failed, summary
-    return out
 
 
 @pytest.fixture(scope="module")
