@@ -192,6 +192,7 @@ class TrainConfig:
     val_samples: int = 4  # (frame, camera) pairs rendered in full, spread evenly over the held-out ones
     stop_after: int | None = None  # end (with a checkpoint) once this many steps are done; rerun resumes
     progress: bool = True  # progress bar on the terminal
+    profile_stages: bool = False  # time each stage of a step (synchronizes CUDA at stage boundaries)
 
 
 @dataclass

@@ -39,6 +39,7 @@ from npva.model.sampling import (
     optical_axis,
     select_shading_points,
 )
+from npva.timing import stage
 
 
 @dataclass
@@ -156,20 +157,22 @@ def build_scene(
     translation = torch.as_tensor(translation, dtype=dtype, device=device)
     coarse = coarse_map(maps.coarse_offset, template.mean_map, template.std)[0]  # (3, S, S)
     vertices = coarse_vertices_world(coarse, rotation, translation)
-    guide_depth = rasterize_guide(vertices, template.grid_faces, camera)
+    with stage("rasterization"):
+        guide_depth = rasterize_guide(vertices, template.grid_faces, camera)
     size = maps.displacement.shape[-1]
     mask = point_texel_mask(template.coverage, size) if mask_points else None
     points = build_neural_points(coarse, maps.displacement[0], maps.features[0], rotation, translation, mask)
     detached = points.positions.detach()
-    index = NeighbourIndex(
-        detached,
-        cfg.query.radius_mm,
-        cfg.query.k,
-        cell_fraction=cfg.query.cell_fraction,
-        max_candidates=cfg.query.max_candidates,
-    )
-    sampling = cfg.sampling
-    occupancy = OccupancyGrid(detached, sampling.occupancy_voxel_mm, sampling.occupancy_reach_voxels)
+    with stage("sampling_query"):
+        index = NeighbourIndex(
+            detached,
+            cfg.query.radius_mm,
+            cfg.query.k,
+            cell_fraction=cfg.query.cell_fraction,
+            max_candidates=cfg.query.max_candidates,
+        )
+        sampling = cfg.sampling
+        occupancy = OccupancyGrid(detached, sampling.occupancy_voxel_mm, sampling.occupancy_reach_voxels)
     return FrameScene(camera, coarse, guide_depth, points, index, occupancy)
 
 
@@ -230,11 +233,16 @@ def _render_chunk(
     """One chunk of rays: pixels (R, 2), camera centre (3,), unit ray_dirs (R, 3), background (R, 3)."""
     camera, points = scene.camera, scene.points
     device = pixels.device
-    cand_z, cand_valid = depth_guided_candidates(scene.guide_depth, pixels, cfg.sampling, training, generator)
-    cand_pos = candidate_positions(origin, ray_dirs, cand_z, optical_axis(camera, device))
-    shading = select_shading_points(cand_z, cand_pos, cand_valid, scene.occupancy, cfg.sampling.max_samples)
-    ray_of_sample, slot_of_sample = shading.valid.nonzero(as_tuple=True)
-    samples = shading.positions[ray_of_sample, slot_of_sample]  # (N, 3)
+    with stage("sampling_query"):
+        cand_z, cand_valid = depth_guided_candidates(
+            scene.guide_depth, pixels, cfg.sampling, training, generator
+        )
+        cand_pos = candidate_positions(origin, ray_dirs, cand_z, optical_axis(camera, device))
+        shading = select_shading_points(
+            cand_z, cand_pos, cand_valid, scene.occupancy, cfg.sampling.max_samples
+        )
+        ray_of_sample, slot_of_sample = shading.valid.nonzero(as_tuple=True)
+        samples = shading.positions[ray_of_sample, slot_of_sample]  # (N, 3)
     sigma = shading.z.new_zeros(shading.z.shape)
     rgb = shading.z.new_zeros((*shading.z.shape, 3))
     if samples.shape[0] > 0:
@@ -243,7 +251,8 @@ def _render_chunk(
         )
         sigma = sigma.index_put((ray_of_sample, slot_of_sample), sample_sigma)
         rgb = rgb.index_put((ray_of_sample, slot_of_sample), sample_rgb)
-    colour, depth, opacity = composite(sigma, rgb, shading.z, shading.valid, cfg.decoder.last_delta)
+    with stage("decoding"):
+        colour, depth, opacity = composite(sigma, rgb, shading.z, shading.valid, cfg.decoder.last_delta)
     colour = colour + (1.0 - opacity)[:, None] * background
     guide = scene.guide_depth[pixels[:, 1], pixels[:, 0]]
     return RayBatch(colour, depth, opacity, shading.counts, guide)
@@ -258,13 +267,15 @@ def _decode_samples(
     camera: Camera,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """sigma (N,), rgb (N, 3) at shading points samples (N, 3) seen along ray_dirs (N, 3)."""
-    idx, _ = index.query(samples)  # (N, K)
-    valid = idx >= 0
-    safe = idx.clamp_min(0)
-    offsets_world = points.positions[safe] - samples[:, None, :]  # (N, K, 3)
-    rotation = torch.as_tensor(camera.R, dtype=offsets_world.dtype, device=offsets_world.device)
-    offsets_camera = offsets_world @ rotation.T
-    return decoder(points.features[safe], offsets_world, offsets_camera, valid, ray_dirs)
+    with stage("sampling_query"):
+        idx, _ = index.query(samples)  # (N, K)
+    with stage("decoding"):
+        valid = idx >= 0
+        safe = idx.clamp_min(0)
+        offsets_world = points.positions[safe] - samples[:, None, :]  # (N, K, 3)
+        rotation = torch.as_tensor(camera.R, dtype=offsets_world.dtype, device=offsets_world.device)
+        offsets_camera = offsets_world @ rotation.T
+        return decoder(points.features[safe], offsets_world, offsets_camera, valid, ray_dirs)
 
 
 def render(

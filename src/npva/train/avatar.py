@@ -38,6 +38,7 @@ from npva.model.decoding import make_radiance_decoder
 from npva.model.networks import AvatarNetwork, DecodedMaps
 from npva.model.render import RenderOutput, UVTemplate, all_pixels, build_scene, render_rays
 from npva.preprocess.gendir import GenDir, read_manifest, read_stats, read_uv_layout
+from npva.timing import stage
 from npva.train.data import TrainSample
 
 BACKGROUNDS = ("learned", "black", "mask")
@@ -178,13 +179,14 @@ class Avatar(nn.Module):
         pixels (R, 2) long (x, y), default every pixel. In training mode the latent code is sampled
         and the sampling bins jittered, both from `generator` (on the same device); in evaluation mode
         z = mu and no jitter."""
-        with self._network_precision():
-            mu, logstd = self.network.encode(sample.texture[None], self.normalized_posmap(sample.posmap))
-        mu, logstd = mu.float(), logstd.float()
-        z = self.network.latent(mu, logstd, generator)
-        with self._network_precision():
-            maps = self.network.decode(z)
-        maps = DecodedMaps(*(m.float() for m in maps))
+        with stage("networks"):
+            with self._network_precision():
+                mu, logstd = self.network.encode(sample.texture[None], self.normalized_posmap(sample.posmap))
+            mu, logstd = mu.float(), logstd.float()
+            z = self.network.latent(mu, logstd, generator)
+            with self._network_precision():
+                maps = self.network.decode(z)
+            maps = DecodedMaps(*(m.float() for m in maps))
         cfg = self.render_config
         scene = build_scene(
             maps,

@@ -7,6 +7,8 @@ A checkpoint is a dict that torch.load(weights_only=True) reads:
   model: the Avatar's state_dict (networks, radiance decoder, background colours with their camera
       names, and the UV template buffers, so the avatar renders without the preprocessing directory)
   cameras: the cameras of the learned background, in order
+  subject, gendir: absolute paths of the subject and its preprocessing output at training time
+      (where evaluation looks by default)
   optimizer, scheduler: their state_dicts
   gep: the GEP sampler's error maps
   rng: per process, the python, numpy, torch and CUDA generator states

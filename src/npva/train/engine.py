@@ -20,6 +20,7 @@ summary.json. Running again with the same directory resumes from its newest chec
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -39,7 +40,9 @@ from npva import __version__
 from npva.config import ExperimentConfig, save_config, to_dict
 from npva.errors import MissingFileError, NpvaError
 from npva.fileio import atomic_open
+from npva.model.render import RenderOutput
 from npva.preprocess.gendir import GenDir, read_manifest
+from npva.timing import STAGES, StageTimer, stage
 from npva.train import checkpoint as ckpt
 from npva.train.avatar import Avatar
 from npva.train.data import AvatarDataset, TrainSample, select_samples
@@ -73,6 +76,7 @@ LOG_KEYS = (
     "rays",
     "samples_per_ray",
     "step_seconds",
+    *(f"time_{name}" for name in STAGES),
 )
 # Settings a resumed run may change: how it runs, not what it learns from or how its state is shaped.
 # (The learning-rate schedule is part of the optimizer and scheduler states, so it is fixed too.)
@@ -93,6 +97,7 @@ RESUME_FIXED_EXCEPT = (
     "train.val_samples",
     "train.stop_after",
     "train.progress",
+    "train.profile_stages",
     "data.image_cache",
     "data.cache_dir",
     "data.skip_unreadable",
@@ -127,6 +132,7 @@ class TrainResult:
     checkpoint: Path | None
     log: list[dict[str, float]] = field(default_factory=list)
     validation: list[Validation] = field(default_factory=list)
+    timing: dict[str, Any] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -150,6 +156,8 @@ class TrainResult:
                 f"held-out PSNR at step {val.step}: {val.psnr_image:.2f} dB image, "
                 f"{val.psnr_mask:.2f} dB inside the mask ({len(val.samples)} renders)"
             )
+        if self.timing.get("median_step_seconds") is not None:
+            lines.append(f"median step {self.timing['median_step_seconds']:.3f} s")
         if self.checkpoint is not None:
             lines.append(f"checkpoint {self.checkpoint}")
         return "\n".join(lines)
@@ -178,6 +186,34 @@ def saved_run_config(run_dir: Path) -> ExperimentConfig | None:
     return dataclasses.replace(config, train=dataclasses.replace(config.train, stop_after=None))
 
 
+class RunTiming:
+    """Step times of this invocation and, when stages are profiled, their per-stage seconds."""
+
+    def __init__(self) -> None:
+        self.step_seconds: list[float] = []
+        self.stage_totals: dict[str, float] = {}
+
+    def add(self, scalars: dict[str, float]) -> None:
+        self.step_seconds.append(scalars["step_seconds"])
+        for name in STAGES:
+            if f"time_{name}" in scalars:
+                self.stage_totals[name] = self.stage_totals.get(name, 0.0) + scalars[f"time_{name}"]
+
+    def summary(self, device: torch.device) -> dict[str, Any]:
+        """Median and mean step seconds, mean seconds per stage and step, peak CUDA memory (GiB)."""
+        steps = len(self.step_seconds)
+        timing: dict[str, Any] = {
+            "steps": steps,
+            "median_step_seconds": float(np.median(self.step_seconds)) if steps else None,
+            "mean_step_seconds": float(np.mean(self.step_seconds)) if steps else None,
+        }
+        if self.stage_totals:
+            timing["stage_seconds"] = {name: total / steps for name, total in self.stage_totals.items()}
+        if device.type == "cuda":
+            timing["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        return timing
+
+
 class Trainer:
     """The state of one training run in this process; `run()` trains."""
 
@@ -193,6 +229,7 @@ class Trainer:
         tc = config.train
         self.config, self.ctx, self.run_dir = config, ctx, run_dir
         self.device = ctx.device
+        self.subject = Path(subject)
         self.gendir = Path(gendir) if gendir is not None else subject / "gendir"
         check_preprocessed(subject, self.gendir, config)
         if tc.deterministic != torch.are_deterministic_algorithms_enabled():  # the call costs an import
@@ -239,6 +276,7 @@ class Trainer:
         self.writer = open_tensorboard(run_dir / TENSORBOARD) if ctx.is_main else None
         self._interval = torch.zeros(2, len(LOG_KEYS), dtype=torch.float64)  # sums, counts
         self.log_records: list[dict[str, float]] = []
+        self.timing = RunTiming()
         self.validations: list[Validation] = []
 
     # ---- the run ----------------------------------------------------------------------------------
@@ -261,12 +299,21 @@ class Trainer:
             disable=not (tc.progress and self.ctx.is_main),
             dynamic_ncols=True,
         )
+        timer = StageTimer(self._synchronize) if tc.profile_stages else None
         tick = time.perf_counter()
         for sample in self._loader(self.step, stop):
-            scalars = self.train_step(sample)
+            arrived = time.perf_counter()
+            with timer.active() if timer is not None else contextlib.nullcontext():
+                scalars = self.train_step(sample)
             now = time.perf_counter()
-            scalars["step_seconds"], tick = now - tick, now
+            scalars["step_seconds"] = now - tick
+            if timer is not None:
+                stages = timer.take()
+                stages["data"] = stages.get("data", 0.0) + arrived - tick
+                scalars.update({f"time_{name}": stages.get(name, 0.0) for name in STAGES})
+            tick = now
             self._record(scalars)
+            self.timing.add(scalars)
             progress.update(1)
             progress.set_postfix(
                 loss=f"{scalars['loss']:.4f}", psnr=f"{scalars['psnr']:.2f}", phase=self.phase, refresh=False
@@ -298,12 +345,17 @@ class Trainer:
             checkpoint=ckpt.checkpoint_path(self.run_dir, self.step),
             log=self.log_records,
             validation=self.validations,
+            timing=self.timing.summary(self.device),
         )
         if self.ctx.is_main:
             write_summary(self.run_dir / SUMMARY, result)
             if self.writer is not None:
                 self.writer.close()
         return result
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     @property
     def epoch(self) -> float:
@@ -350,13 +402,42 @@ class Trainer:
             )
         phase = self.phase
         pixel_generator, render_generator = self._generators(self.step)
-        pixels = self.gep.sample(sample.index, phase, sample.mask, pixel_generator).to(self.device)
-        sample = sample.to(self.device, non_blocking=True)
+        with stage("data"):
+            pixels = self.gep.sample(sample.index, phase, sample.mask, pixel_generator).to(self.device)
+            sample = sample.to(self.device, non_blocking=True)
         self.model.train()
         out = self.model(sample, pixels, render_generator)
         colour, target = compared_colours(out.rays.colour, sample, pixels, self.config.train.background)
+        with stage("losses"):
+            total, terms = self._losses(out, sample, pixels, colour, target, phase)
+        with stage("backward"):
+            grad_norm = self._update_parameters(total)
+        errors = colour_error(colour.detach(), target)
+        self._update_error_maps(sample.index, pixels, errors)
+        self.step += 1
+        named = {
+            "loss": total.detach(),
+            "psnr": psnr(((colour.detach() - target) ** 2).mean()),
+            **terms,
+            "grad_norm": grad_norm.detach(),
+            "samples_per_ray": out.rays.num_samples.float().mean(),
+        }
+        values = torch.stack([v.float().reshape(()) for v in named.values()]).tolist()
+        return {**dict(zip(named, values, strict=True)), "rays": float(pixels.shape[0])}
+
+    def _losses(
+        self,
+        out: RenderOutput,
+        sample: TrainSample,
+        pixels: torch.Tensor,
+        colour: torch.Tensor,
+        target: torch.Tensor,
+        phase: str,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted total and the named terms of a rendering of `sample` at pixels (R, 2), whose
+        rendered and photo colours (R, 3) the loss compares."""
         xs, ys = pixels[:, 0], pixels[:, 1]
-        total, terms = compute_losses(
+        return compute_losses(
             self.config.loss,
             colour=colour,
             target=target,
@@ -373,6 +454,9 @@ class Trainer:
             patch_shape=self.gep.patch_shape if phase == "patch" else None,
             perceptual=self.perceptual,
         )
+
+    def _update_parameters(self, total: torch.Tensor) -> torch.Tensor:
+        """Backward pass, optional clipping, optimizer and scheduler steps; the gradient norm."""
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         max_norm = self.config.train.grad_clip or math.inf
@@ -384,18 +468,7 @@ class Trainer:
             )
         self.optimizer.step()
         self.scheduler.step()
-        errors = colour_error(colour.detach(), target)
-        self._update_error_maps(sample.index, pixels, errors)
-        self.step += 1
-        named = {
-            "loss": total.detach(),
-            "psnr": psnr(((colour.detach() - target) ** 2).mean()),
-            **terms,
-            "grad_norm": grad_norm.detach(),
-            "samples_per_ray": out.rays.num_samples.float().mean(),
-        }
-        values = torch.stack([v.float().reshape(()) for v in named.values()]).tolist()
-        return {**dict(zip(named, values, strict=True)), "rays": float(pixels.shape[0])}
+        return grad_norm
 
     def _update_error_maps(self, index: int, pixels: torch.Tensor, errors: torch.Tensor) -> None:
         """Fold this step's per-cell error statistics into the maps; with several processes every
@@ -490,6 +563,8 @@ class Trainer:
             "config": to_dict(self.config),
             "model": self.avatar.state_dict(),
             "cameras": self.cameras,
+            "subject": str(self.subject.resolve()),
+            "gendir": str(self.gendir.resolve()),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "gep": self.gep.state_dict(),
@@ -718,6 +793,7 @@ def write_summary(path: Path, result: TrainResult) -> None:
         "resumed_from": result.resumed_from,
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
         "last_log": result.log[-1] if result.log else None,
+        "timing": result.timing,
         "validation": [dataclasses.asdict(v) for v in result.validation],
     }
     with atomic_open(path, "w") as f:
