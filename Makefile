@@ -15,9 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/npva synth --preset demo --out $(DEMO_DIR)/subject
-	$(BIN)/npva preprocess $(DEMO_DIR)/subject --workers 2 --no-progress
-	$(BIN)/npva check $(DEMO_DIR)/subject
+	$(BIN)/npva demo --out $(DEMO_DIR)
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .

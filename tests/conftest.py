@@ -28,3 +28,15 @@ def gendir(tiny_subject: Path, tmp_path_factory) -> Path:
     summary = preprocess_subject(tiny_subject, PreprocessConfig(uv_size=uv_size), out, progress=False)
     assert not summary.failed, summary
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_subject: Path, gendir: Path, tmp_path_factory) -> Path:
+    """A short tiny-preset run (10 steps) for the evaluation commands: its final checkpoint file."""
+    from npva.train import build_config, train
+
+    run_dir = tmp_path_factory.mktemp("tiny_eval_run") / "run"
+    config = build_config("tiny", overrides=["train.epochs=10", "train.val_every=0"])
+    result = train(tiny_subject, run_dir, config, gendir=gendir)
+    assert result.checkpoint is not None
+    return result.checkpoint

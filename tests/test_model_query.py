@@ -1,4 +1,5 @@
-"""Neighbour query: the grid index equals the brute-force reference, exactly."""
+"""Neighbour query: the grid index equals the brute-force reference, exactly; so does the CPU k-d tree
+index, up to the choice among equally distant neighbours."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import pytest
 import torch
 
-from npva.model.query import NeighbourIndex, knn_radius_bruteforce
+from npva.model.query import KDTreeIndex, NeighbourIndex, build_neighbour_index, knn_radius_bruteforce
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -84,6 +85,48 @@ def test_bad_shapes_raise():
         NeighbourIndex(torch.zeros(4, 2), 1.0, 2)
     with pytest.raises(ValueError):
         NeighbourIndex(torch.zeros(4, 3), 1.0, 2).query(torch.zeros(4))
+
+
+def test_kdtree_query_equals_bruteforce():
+    g = torch.Generator().manual_seed(3)
+    points, queries = torch.rand(2000, 3, generator=g) * 20, torch.rand(600, 3, generator=g) * 28 - 4
+    idx, dist = KDTreeIndex(points, 4.0, 8).query(queries)
+    ref_idx, ref_dist = knn_radius_bruteforce(points, queries, 8, 4.0)
+    assert torch.equal(idx, ref_idx)
+    assert torch.equal(dist, ref_dist)
+    assert (idx == -1).any() and (idx[:, 0] == -1).any()
+
+
+@pytest.mark.parametrize("lattice", [False, True])
+def test_kdtree_query_with_ties_keeps_the_nearest_distances(lattice):
+    points, queries = _cloud(4, 2000, 600, lattice)  # duplicated points, and many ties on the lattice
+    idx, dist = KDTreeIndex(points, 4.0, 8).query(queries)
+    ref_idx, ref_dist = knn_radius_bruteforce(points, queries, 8, 4.0)
+    assert torch.equal(dist, ref_dist)  # the K nearest distances are unique even where points tie
+    hit = idx >= 0
+    assert torch.equal(hit, ref_idx >= 0)
+    recomputed = (points[idx[hit]] - queries.expand(8, -1, -1).transpose(0, 1)[hit]).norm(dim=1)
+    assert torch.allclose(recomputed, dist[hit], atol=1e-5)
+    # Rows whose last neighbour is not tied with a farther candidate hold the same neighbours.
+    assert (idx == ref_idx).all(1).float().mean() > 0.5
+
+
+def test_kdtree_edge_cases_and_radius_inclusive():
+    points = torch.tensor([[4.0, 0, 0], [0, -4, 0], [4, 1, 0], [0, 0, 4.0001]])
+    idx, dist = KDTreeIndex(points, 4.0, 4).query(torch.zeros(1, 3))
+    assert idx.tolist() == [[0, 1, -1, -1]] and dist[0, :2].tolist() == [4.0, 4.0]
+    idx, _ = KDTreeIndex(points[:2], 100.0, 4).query(torch.zeros(1, 3))
+    assert idx[0].tolist() == [0, 1, -1, -1]
+    idx, dist = KDTreeIndex(torch.zeros(0, 3), 2.0, 3).query(torch.ones(2, 3))
+    assert (idx == -1).all() and torch.isinf(dist).all()
+
+
+def test_backend_choice():
+    points = torch.rand(20, 3)
+    assert isinstance(build_neighbour_index(points, 1.0, 4), KDTreeIndex)  # auto on CPU
+    assert isinstance(build_neighbour_index(points, 1.0, 4, "grid"), NeighbourIndex)
+    with pytest.raises(ValueError, match="backend"):
+        build_neighbour_index(points, 1.0, 4, "octree")
 
 
 @pytest.mark.gpu

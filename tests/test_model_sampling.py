@@ -128,8 +128,13 @@ def test_candidate_lies_at_its_camera_depth_on_an_off_axis_ray():
     assert torch.allclose(uv[:, 0], pixels.double(), atol=1e-3)
 
 
-def test_occupancy_keep_rule_by_hand():
-    grid = OccupancyGrid(torch.tensor([[0.5, 0.5, 0.5]]), voxel=1.0, reach=3)
+DENSE_AND_SPARSE = pytest.mark.parametrize("dense_limit", [1 << 27, 0], ids=["dense", "sparse"])
+
+
+@DENSE_AND_SPARSE
+def test_occupancy_keep_rule_by_hand(dense_limit):
+    grid = OccupancyGrid(torch.tensor([[0.5, 0.5, 0.5]]), voxel=1.0, reach=3, dense_limit=dense_limit)
+    assert (grid.volume is not None) == (dense_limit > 0)
     near = torch.tensor([[3.5, 0, 0], [3.999, 3.999, -2.999], [-2.5, -2.5, 3.5], [0.5, 0.5, 0.5]])
     far = torch.tensor([[4.0, 0, 0], [-3.001, 0, 0], [0, 0, 4.2], [100, 100, 100]])
     assert grid.contains(near).all()
@@ -137,17 +142,20 @@ def test_occupancy_keep_rule_by_hand():
     assert grid.num_voxels == 7**3
 
 
-def test_occupancy_equals_its_definition_on_random_points():
-    g = torch.Generator().manual_seed(3)
-    points = torch.rand(300, 3, generator=g) * 30
+@DENSE_AND_SPARSE
+@pytest.mark.parametrize("seed", [3, 4])
+def test_occupancy_equals_its_definition_on_random_points(dense_limit, seed):
+    g = torch.Generator().manual_seed(seed)
+    points = torch.rand(300, 3, generator=g) * 30 - seed
     queries = torch.rand(2000, 3, generator=g) * 40 - 5
-    grid = OccupancyGrid(points, voxel=1.5, reach=2)
+    grid = OccupancyGrid(points, voxel=1.5, reach=2, dense_limit=dense_limit)
     vp = torch.floor(points / 1.5).long()
     vq = torch.floor(queries / 1.5).long()
     expected = ((vq[:, None, :] - vp[None]).abs().max(-1).values <= 2).any(1)
     assert torch.equal(grid.contains(queries), expected)
     assert 0 < expected.float().mean() < 1
-    assert not OccupancyGrid(torch.zeros(0, 3), 1.0, 3).contains(queries).any()
+    assert grid.num_voxels == OccupancyGrid(points, 1.5, 2, dense_limit=0).num_voxels
+    assert not OccupancyGrid(torch.zeros(0, 3), 1.0, 3, dense_limit=dense_limit).contains(queries).any()
 
 
 def test_select_keeps_the_first_near_candidates_in_ray_order():

@@ -75,6 +75,110 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_checkpoint(args: argparse.Namespace):
+    """The EvalContext of the arguments added by _add_checkpoint_arguments."""
+    import torch
+
+    from npva.eval.loading import open_checkpoint
+
+    return open_checkpoint(
+        Path(args.checkpoint),
+        subject=Path(args.subject) if args.subject else None,
+        gendir=Path(args.gendir) if args.gendir else None,
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+    )
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from npva.eval.loading import evaluation_dataset
+    from npva.eval.render import render_samples, run_directory
+
+    ctx = _open_checkpoint(args)
+    dataset = evaluation_dataset(ctx, args.img_list, args.cameras)
+    out_dir = Path(args.out) if args.out else run_directory(ctx.checkpoint) / "render"
+    records = render_samples(
+        ctx, dataset, out_dir, full=args.full, preview=args.preview, progress=not args.no_progress
+    )
+    frames = len({(r.seq, r.frame) for r in records})
+    cameras = len({r.cam for r in records})
+    print(
+        f"npva render: {len(records)} images ({frames} frames x {cameras} cameras) of step {ctx.step} "
+        f"in {out_dir}/<seq>/<frame>/, index in {out_dir / 'render.json'}"
+    )
+    if dataset.skipped:
+        print(f"  {len(dataset.skipped)} missing files left samples out, e.g. {dataset.skipped[0]}")
+    return 0
+
+
+def _cmd_video(args: argparse.Namespace) -> int:
+    from npva.eval.render import run_directory
+    from npva.eval.video import describe_video, make_video, resolve_frame_list
+    from npva.io.multiface import read_frame_list
+
+    ctx = _open_checkpoint(args)
+    if args.out:
+        out_path = Path(args.out)
+    else:
+        frames = read_frame_list(resolve_frame_list(ctx, args.img_list))
+        seq = frames[0][0] if frames else "video"
+        out_path = run_directory(ctx.checkpoint) / "video" / f"{seq}.mp4"
+    path = make_video(
+        ctx,
+        args.img_list,
+        out_path,
+        camera=args.camera,
+        orbit=args.orbit,
+        prmesh=args.prmesh,
+        fps=args.fps,
+        progress=not args.no_progress,
+        orbit_degrees=args.orbit_degrees,
+    )
+    print(f"npva video: {describe_video(path)}")
+    return 0
+
+
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    from npva.eval.loading import evaluation_dataset
+    from npva.eval.metrics import default_out_dir, evaluate_checkpoint, protocol_cameras
+
+    ctx = _open_checkpoint(args)
+    cameras = protocol_cameras(args.protocol, args.cameras, ctx.layout.krt)
+    dataset = evaluation_dataset(ctx, args.img_list, cameras)
+    out_dir = Path(args.out) if args.out else default_out_dir(ctx, args.protocol)
+    report = evaluate_checkpoint(
+        ctx,
+        dataset,
+        args.protocol,
+        baseline=args.baseline == "mesh",
+        out_dir=out_dir,
+        progress=not args.no_progress,
+        lpips_weights=args.lpips_weights,
+    )
+    print(report.table())
+    print(f"  per image: {out_dir / 'metrics.csv'}; summary and settings: {out_dir / 'metrics.json'}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import logging
+
+    from npva.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING, format="npva demo: %(message)s")
+    result = run_demo(Path(args.out), preset=args.preset, seed=args.seed, progress=not args.no_progress)
+    print(result.report())
+    return 0
+
+
+def _add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every command that evaluates a trained avatar takes."""
+    parser.add_argument("checkpoint", help="checkpoint file, or a run directory (its newest checkpoint)")
+    parser.add_argument("--subject", help="subject directory (default: the one trained on)")
+    parser.add_argument("--gendir", help="preprocessing output (default: the one trained on)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default cuda when available")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="npva", description=__doc__)
     parser.add_argument("--version", action="version", version=f"npva {__version__}")
@@ -141,6 +245,70 @@ def build_parser() -> argparse.ArgumentParser:
         help="override one setting, e.g. --set train.lr=5e-4 --set data.cameras=400029 (repeatable)",
     )
     train.set_defaults(run=_cmd_train)
+
+    render = sub.add_parser("render", help="render a list of frames: images, depth, normals, meshes, points")
+    _add_checkpoint_arguments(render)
+    render.add_argument(
+        "--img-list", required=True, metavar="FILE", help='"<seq> <frame>" lines, or a split name (test)'
+    )
+    render.add_argument(
+        "--cameras", nargs="+", default=[], metavar="NAME", help="camera names, test or train (default all)"
+    )
+    render.add_argument("--full", action="store_true", help="render every pixel, not only the covered ones")
+    render.add_argument("--preview", action="store_true", help="images only (no arrays, meshes, points)")
+    render.add_argument("--out", metavar="DIR", help="output directory (default RUN_DIR/render)")
+    render.set_defaults(run=_cmd_render)
+
+    video = sub.add_parser("video", help="replay a list of frames as an MP4 (fixed camera or orbit)")
+    _add_checkpoint_arguments(video)
+    video.add_argument(
+        "--img-list", required=True, metavar="FILE", help='"<seq> <frame>" lines in order, or a split name'
+    )
+    video.add_argument("--camera", metavar="NAME", help="fixed camera (default 400029, else KRT's first)")
+    video.add_argument(
+        "--orbit", action="store_true", help="swing around the head (from --camera's position and intrinsics)"
+    )
+    video.add_argument("--orbit-degrees", type=float, default=30.0, help="swing amplitude, +- degrees")
+    video.add_argument("--prmesh", action="store_true", help="the shaded tracked mesh beside the render")
+    video.add_argument("--fps", type=int, default=30)
+    video.add_argument("--out", metavar="FILE.mp4", help="default RUN_DIR/video/<seq>.mp4")
+    video.set_defaults(run=_cmd_video)
+
+    metrics = sub.add_parser("metrics", help="PSNR / SSIM / LPIPS under a named protocol, CSV + JSON")
+    _add_checkpoint_arguments(metrics)
+    metrics.add_argument(
+        "--img-list", required=True, metavar="FILE", help='"<seq> <frame>" lines, or a split name (test)'
+    )
+    metrics.add_argument(
+        "--protocol",
+        choices=("standard", "npva-legacy"),
+        default="standard",
+        help="standard (per-image means in image, mask and mouth regions) or npva-legacy (the published "
+        "script: camera 400029, zeroed outside coverage AND mask, PSNR of the mean MSE)",
+    )
+    metrics.add_argument(
+        "--cameras", nargs="+", default=[], metavar="NAME", help="camera names, test or train (default all)"
+    )
+    metrics.add_argument(
+        "--baseline", choices=("mesh",), help="also score the tracked mesh textured with its average texture"
+    )
+    metrics.add_argument(
+        "--lpips-weights",
+        nargs="+",
+        metavar="FILE",
+        help="LPIPS-VGG weight files (default NPVA_LPIPS_WEIGHTS; without any, LPIPS is unavailable)",
+    )
+    metrics.add_argument("--out", metavar="DIR", help="output directory (default RUN_DIR/metrics/PROTOCOL)")
+    metrics.set_defaults(run=_cmd_metrics)
+
+    demo = sub.add_parser(
+        "demo", help="synth, preprocess, train, measure, render and make a video of the synthetic subject"
+    )
+    demo.add_argument("--preset", choices=("demo", "tiny"), default="demo", help="size (tiny: seconds)")
+    demo.add_argument("--out", default="demo_out", help="output directory; a re-run continues it")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic subject")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(run=_cmd_demo)
     return parser
 
 

@@ -31,6 +31,9 @@ class ModelConfig:
     encoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8)  # down blocks after concatenation
     mu_scale: float = 0.1
     logstd_scale: float = 0.01
+    # Added to logstd: 0 (published) starts the posterior at std 1, so a sampled z is mostly noise until
+    # mu has grown over a long run; a short run (the demo) starts at a small std instead.
+    logstd_bias: float = 0.0
     coarse_channels: tuple[int, ...] = (32, 16, 16, 8, 3)  # 8 -> 256 (5 up blocks)
     displacement_channels: tuple[int, ...] = (64, 32, 32, 16, 16, 8, 3)  # 8 -> 1024 (7 up blocks)
     feature_channels: tuple[int, ...] = (512, 256, 256, 128, 128, 64, 32)  # 8 -> 1024
@@ -61,6 +64,9 @@ class QueryConfig:
     radius_mm: float = 4.0
     cell_fraction: float = 0.5  # grid cell side of the neighbour index, as a fraction of the radius
     max_candidates: int | None = None  # candidate entries held at once (memory); None: 2^20 CPU, 2^25 GPU
+    backend: str = (
+        "auto"  # "grid" (exact grid index, any device), "kdtree" (SciPy, CPU), "auto": kdtree on CPU
+    )
 
 
 @dataclass

@@ -12,6 +12,10 @@ smallest keys per row with `torch.topk`. Work is split into chunks and blocks so
 fixed number of candidate entries is held at once. Everything is vectorized PyTorch and runs
 unchanged on CPU and CUDA; the host waits a few times per call, not per block.
 
+`KDTreeIndex` answers the same queries on CPU with SciPy's k-d tree (about ten times faster there than
+the grid on two cores); it returns the same neighbours except where two candidates' distances differ
+only by rounding. `build_neighbour_index` picks the k-d tree on CPU and the grid elsewhere.
+
 `knn_radius_bruteforce` is the plain reference used by the tests.
 """
 
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 # The grid cell is widened by this fraction so that float rounding can never place a neighbour in a
 # cell beyond the searched block (rounding errors are below 1e-5 cells for coordinates within
@@ -31,6 +36,7 @@ _EMPTY_KEY = torch.iinfo(torch.int64).max
 # Candidate entries held at once when not given: cache-sized blocks on CPU, large ones on GPU
 # (measured fastest there).
 _DEFAULT_CANDIDATES = {"cpu": 1 << 20, "cuda": 1 << 25}
+QUERY_BACKENDS = ("auto", "grid", "kdtree")
 
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -257,6 +263,75 @@ class NeighbourIndex:
         best_d2 = (best >> 32).int().view(torch.float32)
         idx_out[rows, :kk] = torch.where(hit, best & 0xFFFFFFFF, -1)
         dist_out[rows, :kk] = torch.where(hit, best_d2.sqrt(), math.inf)
+
+
+class KDTreeIndex:
+    """CPU index with the interface of NeighbourIndex, on SciPy's cKDTree.
+
+    points (P, 3) on the CPU. The tree finds each query's K nearest within radius in float64; their
+    float32 distances are then recomputed and sorted as the grid sorts them (distance, then index), so
+    both indices agree unless a neighbour's distance ties another's or the radius within rounding.
+    """
+
+    def __init__(self, points: torch.Tensor, radius: float, k: int):
+        if points.ndim != 2 or points.shape[1] != 3:
+            raise ValueError(f"points must have shape (P, 3), got {tuple(points.shape)}")
+        if points.device.type != "cpu":
+            raise ValueError(f"the k-d tree index runs on CPU points, got {points.device}")
+        if radius <= 0 or k <= 0:
+            raise ValueError("radius and k must be positive")
+        self.radius, self.k = float(radius), int(k)
+        self.points = points.detach().float()
+        self.num_points = self.points.shape[0]
+        self.device = self.points.device
+        self.tree = cKDTree(self.points.numpy().astype(np.float64)) if self.num_points else None
+
+    def query(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """queries (Q, 3) -> idx (Q, k) long (-1 empty), dist (Q, k) float32 (+inf empty)."""
+        if queries.ndim != 2 or queries.shape[1] != 3:
+            raise ValueError(f"queries must have shape (Q, 3), got {tuple(queries.shape)}")
+        queries = queries.detach().float().cpu()
+        num_q = queries.shape[0]
+        idx = torch.full((num_q, self.k), -1, dtype=torch.long)
+        dist = torch.full((num_q, self.k), math.inf)
+        if num_q == 0 or self.tree is None:
+            return idx, dist
+        kk = min(self.k, self.num_points)
+        # A slightly wider bound, then the float32 test below decides who is within the radius.
+        _, found = self.tree.query(
+            queries.numpy().astype(np.float64),
+            k=kk,
+            distance_upper_bound=self.radius * (1 + 1e-5),
+            workers=torch.get_num_threads(),
+        )
+        found = torch.from_numpy(np.asarray(found, dtype=np.int64).reshape(num_q, kk))
+        real = found < self.num_points  # cKDTree marks a missing neighbour with index P
+        safe = torch.where(real, found, 0)
+        d2 = squared_distances(self.points[safe], queries[:, None, :])
+        key = (d2.view(torch.int32).long() << 32) | safe
+        key = torch.where(real & (d2 <= self.radius * self.radius), key, _EMPTY_KEY)
+        best = torch.sort(key, dim=1).values
+        hit = best != _EMPTY_KEY
+        idx[:, :kk] = torch.where(hit, best & 0xFFFFFFFF, -1)
+        dist[:, :kk] = torch.where(hit, (best >> 32).int().view(torch.float32).sqrt(), math.inf)
+        return idx, dist
+
+
+def build_neighbour_index(
+    points: torch.Tensor,
+    radius: float,
+    k: int,
+    backend: str = "auto",
+    cell_fraction: float = 0.5,
+    max_candidates: int | None = None,
+) -> NeighbourIndex | KDTreeIndex:
+    """The index of points (P, 3) for K-nearest-within-radius queries. backend: "grid"
+    (NeighbourIndex, any device), "kdtree" (KDTreeIndex, CPU) or "auto" (kdtree on CPU, else grid)."""
+    if backend not in QUERY_BACKENDS:
+        raise ValueError(f"query backend must be one of {', '.join(QUERY_BACKENDS)}, got {backend!r}")
+    if backend == "kdtree" or (backend == "auto" and points.device.type == "cpu"):
+        return KDTreeIndex(points, radius, k)
+    return NeighbourIndex(points, radius, k, cell_fraction=cell_fraction, max_candidates=max_candidates)
 
 
 def _linear_key(cells: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:

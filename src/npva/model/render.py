@@ -31,7 +31,7 @@ from npva.model.points import (
     point_texel_mask,
     rasterize_guide,
 )
-from npva.model.query import NeighbourIndex
+from npva.model.query import KDTreeIndex, NeighbourIndex, build_neighbour_index
 from npva.model.sampling import (
     OccupancyGrid,
     candidate_positions,
@@ -85,7 +85,7 @@ class FrameScene:
     coarse_map: torch.Tensor
     guide_depth: torch.Tensor
     points: NeuralPoints
-    index: NeighbourIndex
+    index: NeighbourIndex | KDTreeIndex
     occupancy: OccupancyGrid
 
 
@@ -164,10 +164,11 @@ def build_scene(
     points = build_neural_points(coarse, maps.displacement[0], maps.features[0], rotation, translation, mask)
     detached = points.positions.detach()
     with stage("sampling_query"):
-        index = NeighbourIndex(
+        index = build_neighbour_index(
             detached,
             cfg.query.radius_mm,
             cfg.query.k,
+            cfg.query.backend,
             cell_fraction=cfg.query.cell_fraction,
             max_candidates=cfg.query.max_candidates,
         )
@@ -260,7 +261,7 @@ def _render_chunk(
 
 def _decode_samples(
     points: NeuralPoints,
-    index: NeighbourIndex,
+    index: NeighbourIndex | KDTreeIndex,
     decoder: torch.nn.Module,
     samples: torch.Tensor,
     ray_dirs: torch.Tensor,

@@ -128,19 +128,24 @@ def candidate_positions(
 
 
 class OccupancyGrid:
-    """Voxels within +-reach (per axis) of a voxel holding a point, as a sorted array of keys.
+    """Voxels within +-reach (per axis) of a voxel holding a point.
 
     points: (P, 3); voxel: voxel side; reach: dilation in voxels. A position x is near the points
     exactly when floor(x / voxel) differs from floor(p / voxel) of some point p by at most `reach` in
-    every axis. The cube dilation is applied one axis at a time (three 1-D dilations), so the build
-    never holds more than (2 reach + 1) times the keys of the result.
+    every axis. The voxels live in the points' bounding box padded by `reach`. When that box has at
+    most `dense_limit` voxels (a head at 1 mm: about 40M) they are a dense boolean volume, dilated by
+    three 1-D max-pools, and a lookup is one gather. Otherwise they are a sorted array of keys,
+    dilated one axis at a time (the build never holds more than (2 reach + 1) times the keys of the
+    result), and a lookup is a binary search. Both give the same answers (the tests compare them).
     """
 
-    def __init__(self, points: torch.Tensor, voxel: float, reach: int):
+    def __init__(self, points: torch.Tensor, voxel: float, reach: int, dense_limit: int = 1 << 27):
         if voxel <= 0 or reach < 0:
             raise ValueError("occupancy voxel must be positive and reach non-negative")
         self.voxel = float(voxel)
         self.device = points.device
+        self.volume: torch.Tensor | None = None  # (D0, D1, D2) bool, dense form
+        self.keys: torch.Tensor | None = None  # (V,) sorted long keys, sparse form
         vox = self._voxels(points.detach())
         if vox.shape[0] == 0:
             self.low = vox.new_zeros(3)
@@ -149,12 +154,35 @@ class OccupancyGrid:
             return
         self.low = vox.min(0).values - reach  # grid padded so dilation never leaves it
         self.dims = vox.max(0).values + reach + 1 - self.low
-        keys = torch.unique(self._key(vox - self.low))
+        if int(torch.prod(self.dims)) <= dense_limit:
+            self.volume = self._dense(vox - self.low, reach)
+        else:
+            self.keys = self._sparse(vox - self.low, reach)
+
+    def _dense(self, cells: torch.Tensor, reach: int) -> torch.Tensor:
+        """(D0, D1, D2) bool volume of the occupied cells (P, 3), dilated by `reach`: along each
+        axis in turn, a voxel is set when its window of 2 reach + 1 voxels holds one (a difference
+        of prefix sums, so the cost does not grow with the reach)."""
+        volume = torch.zeros([int(d) for d in self.dims], dtype=torch.int32, device=self.device)
+        volume[cells[:, 0], cells[:, 1], cells[:, 2]] = 1
+        for axis in range(3):
+            length = volume.shape[axis]
+            first = torch.zeros_like(volume.narrow(axis, 0, 1))
+            sums = torch.cat((first, volume.cumsum(axis, dtype=torch.int32)), axis)  # sums[i] = v[:i]
+            at = torch.arange(length, device=self.device)
+            hi = sums.index_select(axis, (at + reach + 1).clamp_max(length))
+            lo = sums.index_select(axis, (at - reach).clamp_min(0))
+            volume = (hi > lo).int()
+        return volume.bool()
+
+    def _sparse(self, cells: torch.Tensor, reach: int) -> torch.Tensor:
+        """(V,) sorted keys of the occupied cells (P, 3) dilated by `reach`."""
+        keys = torch.unique(self._key(cells))
         strides = (self.dims[1] * self.dims[2], self.dims[2], 1)
         steps = torch.arange(-reach, reach + 1, device=self.device)
         for stride in strides:
             keys = torch.unique((keys[:, None] + steps[None, :] * stride).reshape(-1))
-        self.keys = keys
+        return keys
 
     def _voxels(self, x: torch.Tensor) -> torch.Tensor:
         return torch.floor(x.float() / self.voxel).long()
@@ -165,14 +193,17 @@ class OccupancyGrid:
     @property
     def num_voxels(self) -> int:
         """Number of voxels near the points."""
-        return self.keys.shape[0]
+        return int(self.volume.sum()) if self.volume is not None else self.keys.shape[0]
 
     def contains(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., 3) -> (...,) bool: the voxel of x is near the points."""
-        if self.keys.shape[0] == 0:
-            return torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
         cells = self._voxels(x) - self.low
         inside = ((cells >= 0) & (cells < self.dims)).all(-1)
+        if self.volume is not None:
+            cells = torch.minimum(cells.clamp_min(0), self.dims - 1)
+            return inside & self.volume[cells[..., 0], cells[..., 1], cells[..., 2]]
+        if self.keys.shape[0] == 0:
+            return torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
         keys = self._key(cells.clamp_min(0))
         slot = torch.searchsorted(self.keys, keys).clamp_max(self.keys.shape[0] - 1)
         return inside & (self.keys[slot] == keys)

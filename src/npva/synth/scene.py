@@ -93,6 +93,12 @@ def _jaw_open(tau: float, timing: Timing) -> Expression:
     return Expression(jaw=0.02 + 0.28 * amount, smile=0.25 * amount, brow=0.4 * amount)
 
 
+def _mouth_stretch(tau: float, timing: Timing) -> Expression:
+    """The mouth opened wide with the face held still: the jaw range of the speech-free expressions."""
+    amount = _ramp(tau, timing)
+    return Expression(jaw=0.02 + 0.3 * amount, smile=0.08 * amount, eyes_open=1.0 - 0.2 * amount)
+
+
 def _cheeks_puffed(tau: float, timing: Timing) -> Expression:
     return Expression(puff=_ramp(tau, timing))
 
@@ -124,6 +130,7 @@ SEQUENCES = {
     for spec in (
         SequenceSpec("E001_Neutral_Eyes_Open", 3, _neutral),
         SequenceSpec("E011_Jaw_Open_Sharp_Corner_Lip_Stretch", 3612, _jaw_open),
+        SequenceSpec("E014_Open_Mouth_Stretch_Nose", 4521, _mouth_stretch),
         SequenceSpec("E057_Cheeks_Puffed", 12303, _cheeks_puffed),
         SequenceSpec("SEN_the_small_pup_gnawed_a_hole_in_the_sock", 20409, _sentence),
         SequenceSpec("SEN_take_charge_of_choosing_her_bridesmaids_gowns", 21903, _sentence),
@@ -229,6 +236,7 @@ PRESETS = {
         fine_factor=2,
         train_sequences=(
             "E001_Neutral_Eyes_Open",
+            "E014_Open_Mouth_Stretch_Nose",
             "E057_Cheeks_Puffed",
             "SEN_the_small_pup_gnawed_a_hole_in_the_sock",
             "GAZ_Look_Around",

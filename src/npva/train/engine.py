@@ -104,6 +104,7 @@ RESUME_FIXED_EXCEPT = (
     "loss.lpips_weights",
     "render.chunk_rays",
     "render.query.max_candidates",
+    "render.query.backend",
 )
 
 

@@ -10,6 +10,10 @@ layout stretches (the neck of the synthetic head: rows of points up to 27 mm apa
 candidate far from every point is dropped and its ray shows the background, so the demo reaches 8 to
 10 mm around the points (about 0.05 % of the mask pixels left without samples, against 6 % at 3 mm).
 The demo learns with lr 5e-3 (after 140 steps on the tiny subject: 1.7 dB more held-out PSNR than 1e-3).
+Its sizes were chosen by held-out PSNR on the demo subject after 560 steps (24 renders, H100,
+2026-11-25): 128^2 points 25.3 dB; 256^2 points 27.0 dB; a latent of 8^2 +0.3 dB; lr 1e-2 +0.7 dB at
+128^2 points but -0.9 dB at 256^2; 8 shading points per ray instead of 16 the same (so the demo keeps
+8: half the queries and decoding on a CPU); twice the steps +1.4 dB (at 128^2).
 """
 
 from __future__ import annotations
@@ -54,22 +58,28 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     # The demo subject (`npva synth --preset demo`, `npva preprocess --uv-size 64`): 256x167 training
-    # images, 64^2 UV maps, 128^2 points, sized to finish on two CPU cores within minutes.
+    # images, 64^2 UV maps, 256^2 points (about 0.2 per pixel of the face), sized to finish on two
+    # CPU cores within 10 minutes.
     "demo": {
         "model": {
             "texture_size": 128,
             "posmap_size": 64,
-            "point_map_size": 128,
+            "point_map_size": 256,
             "latent_size": 4,
             "texture_channels": [16],
             "geometry_channels": 16,
             "encoder_channels": [32, 32, 16, 8],
             "coarse_channels": [32, 16, 8, 3],
-            "displacement_channels": [32, 16, 16, 8, 3],
-            "feature_channels": [64, 32, 32, 16, 16],
+            "displacement_channels": [32, 16, 16, 8, 8, 3],
+            "feature_channels": [64, 32, 32, 16, 16, 16],
         },
         "render": {
-            "sampling": {"probe_offset_px": 4, "occupancy_voxel_mm": 2.0, "occupancy_reach_voxels": 4},
+            "sampling": {
+                "probe_offset_px": 4,
+                "occupancy_voxel_mm": 2.0,
+                "occupancy_reach_voxels": 4,
+                "max_samples": 8,
+            },
             "query": {"radius_mm": 10.0},
             "decoder": {"feature_dim": 16, "hidden": 64, "pointnerf_hidden": 64},
         },
@@ -77,7 +87,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gep": {"grid_stride_x": 4, "grid_stride_y": 4, "error_rays": 2500, "patch_size": 64},
         "train": {
             "epochs": 35,
-            "steps_per_epoch": 16,
+            "steps_per_epoch": 32,
             "lr": 5e-3,
             "workers": 1,
             "log_every": 10,

@@ -1,0 +1,109 @@
+"""What every evaluation command starts from: a trained avatar, its subject, and the samples to show.
+
+A checkpoint records the subject and preprocessing directories it was trained on; `--subject` and
+`--gendir` override them (a run moved to another machine). Samples are rendered at the training size
+(the preprocessing output holds masks and depth at that size only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from npva.config import ExperimentConfig
+from npva.errors import MissingFileError, NpvaError
+from npva.io.multiface import read_camera_split
+from npva.io.subject import SubjectLayout
+from npva.train.avatar import Avatar
+from npva.train.checkpoint import latest_checkpoint, load_avatar, load_checkpoint
+from npva.train.data import AvatarDataset, select_samples
+
+
+@dataclass
+class EvalContext:
+    """A trained avatar (evaluation mode, on `device`) with its settings and where its data lives."""
+
+    avatar: Avatar
+    config: ExperimentConfig
+    checkpoint: Path
+    step: int
+    subject: Path
+    gendir: Path
+    device: torch.device
+
+    @property
+    def layout(self) -> SubjectLayout:
+        return SubjectLayout(self.subject)
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint file, or a run directory's newest checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise MissingFileError(path / "checkpoints", "checkpoint (the run has not saved one yet)")
+        return found[0]
+    if not path.exists():
+        raise MissingFileError(path, "checkpoint file or run directory")
+    return path
+
+
+def open_checkpoint(
+    path: Path,
+    subject: Path | None = None,
+    gendir: Path | None = None,
+    device: str | torch.device = "cpu",
+) -> EvalContext:
+    """Load the avatar of a checkpoint file or run directory; subject and gendir default to the ones
+    the checkpoint was trained on (gendir: SUBJECT/gendir when only the subject is given)."""
+    path = resolve_checkpoint(path)
+    state = load_checkpoint(path)
+    if subject is None:
+        if "subject" not in state:
+            raise NpvaError(f"{path} does not record its subject: give --subject")
+        subject = Path(state["subject"])
+        if gendir is None:
+            gendir = Path(state.get("gendir", subject / "gendir"))
+    subject = Path(subject)
+    gendir = Path(gendir) if gendir is not None else subject / "gendir"
+    if not subject.is_dir():
+        raise MissingFileError(subject, "subject directory (give --subject)")
+    device = torch.device(device)
+    avatar, config = load_avatar(path, device)
+    return EvalContext(avatar, config, path, int(state["step"]), subject, gendir, device)
+
+
+def parse_cameras(ctx: EvalContext, cameras: Sequence[str]) -> tuple[str, ...]:
+    """Camera names from the command line: names, or "test" / "train" for that side of the subject's
+    splits/camera_split.json; empty means every camera."""
+    chosen: list[str] = []
+    for name in cameras:
+        if name in ("test", "train"):
+            split = ctx.layout.camera_split
+            if not split.exists():
+                raise MissingFileError(split, f"camera split (asked for the {name} cameras)")
+            chosen.extend(read_camera_split(split)[name])
+        else:
+            chosen.append(name)
+    return tuple(dict.fromkeys(chosen))
+
+
+def evaluation_dataset(ctx: EvalContext, img_list: str | Path, cameras: Sequence[str] = ()) -> AvatarDataset:
+    """Samples of the (seq, frame) lines of `img_list` (a file, or a split name such as "test") seen
+    from `cameras` (names, "test"/"train", or every camera), at the training size, without caching."""
+    if Path(img_list).is_file():  # a list file in the working directory, not a split name
+        img_list = Path(img_list).resolve()
+    data = dataclasses.replace(
+        ctx.config.data,
+        frames=str(img_list),
+        cameras=parse_cameras(ctx, cameras),
+        camera_split=False,
+        image_cache="none",
+    )
+    frames, names = select_samples(ctx.subject, data)
+    return AvatarDataset(ctx.subject, ctx.gendir, frames, names, data)
