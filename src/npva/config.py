@@ -31,9 +31,6 @@ class ModelConfig:
     encoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8)  # down blocks after concatenation
     mu_scale: float = 0.1
     logstd_scale: float = 0.01
-    # Added to logstd: 0 (published) starts the posterior at std 1, so a sampled z is mostly noise until
-    # mu has grown over a long run; a short run (the demo) starts at a small std instead.
-    logstd_bias: float = 0.0
     coarse_channels: tuple[int, ...] = (32, 16, 16, 8, 3)  # 8 -> 256 (5 up blocks)
     displacement_channels: tuple[int, ...] = (64, 32, 32, 16, 16, 8, 3)  # 8 -> 1024 (7 up blocks)
     feature_channels: tuple[int, ...] = (512, 256, 256, 128, 128, 64, 32)  # 8 -> 1024

@@ -208,7 +208,7 @@ class Encoder(nn.Module):
         joint = torch.cat([self.texture_branch(texture), self.geometry_branch(posmap_normalized)], dim=1)
         hidden = self.joint_branch(joint)
         mu = cfg.mu_scale * self.mu_head(hidden)
-        logstd = cfg.logstd_scale * self.logstd_head(hidden) + cfg.logstd_bias
+        logstd = cfg.logstd_scale * self.logstd_head(hidden)
         return mu, logstd
 
 
