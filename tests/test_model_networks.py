@@ -120,15 +120,16 @@ def test_kl_divergence_known_values():
     assert kl_divergence(torch.zeros(3, 4), torch.zeros(3, 4)).item() == 0.0
 
 
-def test_encoder_scales_mu_and_logstd():
-    cfg = tiny_config(mu_scale=0.1, logstd_scale=0.01)
+@pytest.mark.parametrize("logstd_bias", [0.0, -3.0])
+def test_encoder_scales_mu_and_logstd(logstd_bias):
+    cfg = tiny_config(mu_scale=0.1, logstd_scale=0.01, logstd_bias=logstd_bias)
     encoder = Encoder(cfg)
     for head in (encoder.mu_head, encoder.logstd_head):
         torch.nn.init.zeros_(head.weight)
         torch.nn.init.constant_(head.bias, 1.0)
     mu, logstd = encoder(*tiny_inputs(cfg))
     torch.testing.assert_close(mu, torch.full_like(mu, 0.1))
-    torch.testing.assert_close(logstd, torch.full_like(logstd, 0.01))
+    torch.testing.assert_close(logstd, torch.full_like(logstd, 0.01 + logstd_bias))
 
 
 def test_sample_latent_is_mu_plus_std_times_noise():
@@ -269,3 +270,23 @@ def test_flops_per_shading_point_match_docs():
     # lightweight by hand, 2 FLOPs per multiply-add: aggregation 8 * (32 + 6), density 284*128 + 128,
     # colour 308*128 + 2 * 128*128 + 128*3
     assert measured["RadianceDecoder"] == 2 * (8 * 38 + 284 * 128 + 128 + 308 * 128 + 2 * 128**2 + 384)
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_without_batchnorm_each_frame_is_encoded_and_decoded_on_its_own(batchnorm):
+    """With BatchNorm a training batch normalizes its frames together (a batch of one by its own
+    statistics); without it a frame's latent and maps do not depend on the other frames of the batch."""
+    cfg = tiny_config(batchnorm=batchnorm)
+    torch.manual_seed(0)
+    net = AvatarNetwork(cfg).train()
+    texture, posmap = tiny_inputs(cfg, batch=3)
+    mu_batch, _ = net.encode(texture, posmap)
+    mu_alone, _ = net.encode(texture[:1], posmap[:1])
+    maps_batch = net.decode(mu_batch.detach())
+    maps_alone = net.decode(mu_batch.detach()[:1])
+    same = torch.allclose(mu_batch[:1], mu_alone, atol=1e-5) and torch.allclose(
+        maps_batch.features[:1], maps_alone.features, atol=1e-5
+    )
+    assert same != batchnorm
+    has_norm = any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert has_norm == batchnorm

@@ -31,10 +31,17 @@ class ModelConfig:
     encoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8)  # down blocks after concatenation
     mu_scale: float = 0.1
     logstd_scale: float = 0.01
+    # Added to logstd. 0 (published) starts the posterior at std 1: next to mu = 0.1 mu_raw a sampled z is
+    # mostly noise until mu has grown over a long run, and in a short run the decoders learn to ignore z.
+    logstd_bias: float = 0.0
     coarse_channels: tuple[int, ...] = (32, 16, 16, 8, 3)  # 8 -> 256 (5 up blocks)
     displacement_channels: tuple[int, ...] = (64, 32, 32, 16, 16, 8, 3)  # 8 -> 1024 (7 up blocks)
     feature_channels: tuple[int, ...] = (512, 256, 256, 128, 128, 64, 32)  # 8 -> 1024
     leaky_slope: float = 0.2
+    # BatchNorm after the encoder and decoder convolutions (published, with a batch of 8 frames over 8 GPUs
+    # under synchronized BatchNorm). With one frame per step in one process it normalizes every frame by
+    # its own statistics, which erases what the latent says about the expression: off in tiny and demo.
+    batchnorm: bool = True
     mask_points_outside_uv: bool = True  # drop points whose texel lies outside the UV islands
 
 

@@ -118,14 +118,18 @@ def _check_shape(name: str, tensor: torch.Tensor, expected: tuple[int | None, ..
 # Building blocks
 
 
-def down_block(in_channels: int, out_channels: int, leaky_slope: float) -> nn.Sequential:
-    """Conv 4x4 stride 2 pad 1, BatchNorm, LeakyReLU: (B, cin, f, f) -> (B, cout, f/2, f/2).
+def down_block(
+    in_channels: int, out_channels: int, leaky_slope: float, batchnorm: bool = True
+) -> nn.Sequential:
+    """Conv 4x4 stride 2 pad 1, BatchNorm (unless `batchnorm` is off), LeakyReLU:
+    (B, cin, f, f) -> (B, cout, f/2, f/2).
 
-    The convolution has no bias: the BatchNorm right after it removes any per-channel constant.
+    With BatchNorm the convolution has no bias: the BatchNorm right after it removes any per-channel
+    constant.
     """
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
+        nn.Conv2d(in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=not batchnorm),
+        nn.BatchNorm2d(out_channels) if batchnorm else nn.Identity(),
         nn.LeakyReLU(leaky_slope),
     )
 
@@ -144,18 +148,25 @@ class UntiedBias(nn.Module):
 class UpBlock(nn.Module):
     """(B, cin, f, f) -> (B, cout, 2f, 2f).
 
-    Conv 3x3 without bias plus an untied per-pixel bias, BatchNorm, conv 1x1 cout -> 4 cout,
+    Conv 3x3 without bias plus an untied per-pixel bias, BatchNorm (unless `batchnorm` is off), conv 1x1
+    cout -> 4 cout,
     LeakyReLU, PixelShuffle(2). With `final` the LeakyReLU is left out, so the decoder output (an offset,
     a displacement in mm, a feature) is an unconstrained affine function of the normalized activations.
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, size: int, leaky_slope: float, final: bool = False
+        self,
+        in_channels: int,
+        out_channels: int,
+        size: int,
+        leaky_slope: float,
+        final: bool = False,
+        batchnorm: bool = True,
     ):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
         self.untied_bias = UntiedBias(out_channels, size)
-        self.norm = nn.BatchNorm2d(out_channels)
+        self.norm = nn.BatchNorm2d(out_channels) if batchnorm else nn.Identity()
         self.expand = nn.Conv2d(out_channels, 4 * out_channels, kernel_size=1)
         self.activation = nn.Identity() if final else nn.LeakyReLU(leaky_slope)
         self.shuffle = nn.PixelShuffle(2)
@@ -183,14 +194,20 @@ class Encoder(nn.Module):
         slope = cfg.leaky_slope
         texture_in = (IMAGE_CHANNELS, *cfg.texture_channels[:-1])
         self.texture_branch = nn.Sequential(
-            *(down_block(a, b, slope) for a, b in zip(texture_in, cfg.texture_channels, strict=True))
+            *(
+                down_block(a, b, slope, cfg.batchnorm)
+                for a, b in zip(texture_in, cfg.texture_channels, strict=True)
+            )
         )
         self.geometry_branch = nn.Sequential(
             nn.Conv2d(IMAGE_CHANNELS, cfg.geometry_channels, kernel_size=1), nn.LeakyReLU(slope)
         )
         joint_in = (cfg.texture_channels[-1] + cfg.geometry_channels, *cfg.encoder_channels[:-1])
         self.joint_branch = nn.Sequential(
-            *(down_block(a, b, slope) for a, b in zip(joint_in, cfg.encoder_channels, strict=True))
+            *(
+                down_block(a, b, slope, cfg.batchnorm)
+                for a, b in zip(joint_in, cfg.encoder_channels, strict=True)
+            )
         )
         self.mu_head = nn.Conv2d(cfg.encoder_channels[-1], cfg.latent_channels, kernel_size=1)
         self.logstd_head = nn.Conv2d(cfg.encoder_channels[-1], cfg.latent_channels, kernel_size=1)
@@ -208,7 +225,7 @@ class Encoder(nn.Module):
         joint = torch.cat([self.texture_branch(texture), self.geometry_branch(posmap_normalized)], dim=1)
         hidden = self.joint_branch(joint)
         mu = cfg.mu_scale * self.mu_head(hidden)
-        logstd = cfg.logstd_scale * self.logstd_head(hidden)
+        logstd = cfg.logstd_scale * self.logstd_head(hidden) + cfg.logstd_bias
         return mu, logstd
 
 
@@ -246,6 +263,7 @@ class MapDecoder(nn.Module):
                     cfg.latent_size * 2**i,
                     cfg.leaky_slope,
                     final=i == len(channels) - 1,
+                    batchnorm=cfg.batchnorm,
                 )
                 for i, (cin, cout) in enumerate(zip(inputs, channels, strict=True))
             )
