@@ -129,7 +129,7 @@ def run_demo(
     result.metrics_dir = run_dir / "metrics" / "standard"
     result.images = stage("render", lambda: _render(ctx, run_dir, progress))
     result.video = stage("video", lambda: _video(ctx, run_dir, progress))
-    result.seconds = {name: state["seconds"][name] for name in state["seconds"]}
+    result.seconds = dict(state["seconds"])
     state["summary"] = report.to_json()["summary"]
     _write_state(out / STATE, state)
     return result
