@@ -90,8 +90,8 @@ def _open_checkpoint(args: argparse.Namespace):
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from npva.eval.loading import evaluation_dataset
-    from npva.eval.render import render_samples, run_directory
+    from npva.eval.loading import evaluation_dataset, run_directory
+    from npva.eval.render import render_samples
 
     ctx = _open_checkpoint(args)
     dataset = evaluation_dataset(ctx, args.img_list, args.cameras)
@@ -111,15 +111,15 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_video(args: argparse.Namespace) -> int:
-    from npva.eval.render import run_directory
-    from npva.eval.video import describe_video, make_video, resolve_frame_list
+    from npva.eval.loading import frame_list_path, run_directory
+    from npva.eval.video import describe_video, make_video
     from npva.io.multiface import read_frame_list
 
     ctx = _open_checkpoint(args)
     if args.out:
         out_path = Path(args.out)
     else:
-        frames = read_frame_list(resolve_frame_list(ctx, args.img_list))
+        frames = read_frame_list(frame_list_path(ctx, args.img_list))
         seq = frames[0][0] if frames else "video"
         out_path = run_directory(ctx.checkpoint) / "video" / f"{seq}.mp4"
     path = make_video(

@@ -121,12 +121,13 @@ def run_demo(
     stage("train", lambda: _train(subject, run_dir, preset, progress, say))
 
     from npva.eval.loading import evaluation_dataset, open_checkpoint
+    from npva.eval.metrics import default_out_dir
 
     ctx = open_checkpoint(run_dir, subject=subject)
     dataset = evaluation_dataset(ctx, HELD_OUT, [HELD_OUT])
-    report = stage("metrics", lambda: _metrics(ctx, dataset, run_dir, progress))
+    result.metrics_dir = default_out_dir(ctx, "standard")
+    report = stage("metrics", lambda: _metrics(ctx, dataset, result.metrics_dir, progress))
     result.summary = report.summary
-    result.metrics_dir = run_dir / "metrics" / "standard"
     result.images = stage("render", lambda: _render(ctx, run_dir, progress))
     result.video = stage("video", lambda: _video(ctx, run_dir, progress))
     result.seconds = dict(state["seconds"])
@@ -159,10 +160,9 @@ def _train(subject: Path, run_dir: Path, preset: str, progress: bool, say: Calla
     say(train(subject, run_dir, config).summary())
 
 
-def _metrics(ctx, dataset, run_dir: Path, progress: bool):
+def _metrics(ctx, dataset, out_dir: Path, progress: bool):
     from npva.eval.metrics import evaluate_checkpoint
 
-    out_dir = run_dir / "metrics" / "standard"
     return evaluate_checkpoint(ctx, dataset, "standard", baseline=True, out_dir=out_dir, progress=progress)
 
 

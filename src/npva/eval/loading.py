@@ -8,6 +8,7 @@ A checkpoint records the subject and preprocessing directories it was trained on
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,12 @@ class EvalContext:
     @property
     def layout(self) -> SubjectLayout:
         return SubjectLayout(self.subject)
+
+
+def run_directory(checkpoint: Path) -> Path:
+    """The run directory of a checkpoint file: RUN/checkpoints/step_N.pt -> RUN (else its folder)."""
+    folder = Path(checkpoint).resolve().parent
+    return folder.parent if folder.name == "checkpoints" else folder
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -93,14 +100,23 @@ def parse_cameras(ctx: EvalContext, cameras: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(chosen))
 
 
+def frame_list_path(ctx: EvalContext, img_list: str | Path) -> Path:
+    """The "<seq> <frame>" list file that `img_list` names: an existing file, a path, "all" (the
+    subject's frame_list.txt) or a split name ("test", "train": splits/<name>_list.txt)."""
+    path = Path(img_list)
+    if path.is_file() or "/" in str(img_list) or os.sep in str(img_list) or path.suffix == ".txt":
+        return path
+    if str(img_list) == "all":
+        return ctx.layout.frame_list
+    return ctx.layout.split_list(str(img_list))
+
+
 def evaluation_dataset(ctx: EvalContext, img_list: str | Path, cameras: Sequence[str] = ()) -> AvatarDataset:
-    """Samples of the (seq, frame) lines of `img_list` (a file, or a split name such as "test") seen
-    from `cameras` (names, "test"/"train", or every camera), at the training size, without caching."""
-    if Path(img_list).is_file():  # a list file in the working directory, not a split name
-        img_list = Path(img_list).resolve()
+    """Samples of the (seq, frame) lines of `img_list` (see frame_list_path) seen from `cameras`
+    (names, "test"/"train", or every camera), at the training size, without caching."""
     data = dataclasses.replace(
         ctx.config.data,
-        frames=str(img_list),
+        frames=str(frame_list_path(ctx, img_list).resolve()),
         cameras=parse_cameras(ctx, cameras),
         camera_split=False,
         image_cache="none",

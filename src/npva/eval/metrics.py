@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from npva.errors import NpvaError
 from npva.eval.baseline import mouth_region, textured_mesh_image
-from npva.eval.loading import EvalContext
+from npva.eval.loading import EvalContext, run_directory
 from npva.fileio import atomic_open
 from npva.io.multiface import read_krt
 from npva.train.data import AvatarDataset, TrainSample
@@ -544,9 +544,7 @@ def _json_safe(value: Any) -> Any:
 
 def default_out_dir(ctx: EvalContext, protocol: str) -> Path:
     """<run dir>/metrics/<protocol>, the run dir being the one holding checkpoints/."""
-    folder = ctx.checkpoint.parent
-    run_dir = folder.parent if folder.name == "checkpoints" else folder
-    return run_dir / "metrics" / protocol
+    return run_directory(ctx.checkpoint) / "metrics" / protocol
 
 
 def run_settings(

@@ -74,12 +74,6 @@ class RenderedSample:
     depth_range_mm: tuple[float, float] | None = None
 
 
-def run_directory(checkpoint: Path) -> Path:
-    """The run directory of a checkpoint file: RUN/checkpoints/step_N.pt -> RUN (else its folder)."""
-    folder = Path(checkpoint).resolve().parent
-    return folder.parent if folder.name == "checkpoints" else folder
-
-
 # ---------------------------------------------------------------------------------------------------
 # Rendering
 

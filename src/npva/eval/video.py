@@ -24,7 +24,6 @@ first frame at the capture rate.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from npva.errors import FormatError, MissingFileError, NpvaError
-from npva.eval.loading import EvalContext
+from npva.eval.loading import EvalContext, frame_list_path
 from npva.fileio import atomic_path
 from npva.geometry.camera import Camera, look_at, pixel_rays
 from npva.geometry.mesh import to_world, vertex_normals
@@ -187,14 +186,6 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 # The video
 
 
-def resolve_frame_list(ctx: EvalContext, img_list: str | Path) -> Path:
-    """A list file's path, or the subject's split list of that name ("test", "train")."""
-    path = Path(img_list)
-    if path.is_file() or "/" in str(img_list) or os.sep in str(img_list) or path.suffix == ".txt":
-        return path
-    return ctx.layout.split_list(str(img_list))
-
-
 class AudioTrack:
     """The first audio stream of a file re-encoded as AAC into an output container a little at a time
     (so that audio and video packets interleave), cut at `end` seconds."""
@@ -263,7 +254,7 @@ def make_video(
     (written atomically); see the module docstring for cameras, --prmesh and audio. Returns out_path."""
     if fps <= 0:
         raise NpvaError(f"fps must be positive, got {fps}")
-    list_path = resolve_frame_list(ctx, img_list)
+    list_path = frame_list_path(ctx, img_list)
     frames = read_frame_list(list_path)
     if not frames:
         raise NpvaError(f"{list_path}: no frames to replay")
