@@ -1,26 +1,40 @@
 """Training step time: the median step, the peak GPU memory and where the time goes, per stage.
 
     python benchmarks/bench_train.py SUBJECT [--preset full] [--steps 200] [--set key=value ...]
+    torchrun --standalone --nproc_per_node 2 benchmarks/bench_train.py SUBJECT --out RUN_DIR [...]
 
 Trains a fresh run of the preset on a preprocessed subject (into a temporary directory unless --out is
 given) with train.profile_stages on, then prints the stage split: data (waiting for the loader, moving the
 sample, drawing the GEP pixels), networks (encoder and map decoders), rasterization (the coarse UV mesh),
 sampling_query (depth-guided candidates, occupancy, neighbour index and query), decoding (neighbour
-aggregation, radiance MLPs, compositing), losses and backward (backward pass and optimizer step). Stage
-boundaries synchronize the GPU, which costs a little: the median step is also measured in the same run.
+aggregation, radiance MLPs, compositing), losses and backward (backward pass, gradient exchange and
+optimizer step). Stage boundaries synchronize the GPU, which costs a little: the median step is also
+measured in the same run.
+
+Under torchrun (one process per GPU, each training on its own image every step) it also prints every
+process's step times and peak memory, the images per second of all processes together, and whether the
+processes' parameters were identical at the end (the digests each one wrote into the last checkpoint).
+--json writes the same numbers; --baseline JSON (a one-process run's --json) adds the scaling efficiency:
+images per second of this run / (processes x those of the baseline).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from npva.fileio import atomic_open
 from npva.timing import STAGES
 from npva.train import build_config, train
+from npva.train import checkpoint as ckpt
+from npva.train.distributed import gather_objects, init_distributed, shutdown
 
 
 def main() -> None:
@@ -29,10 +43,14 @@ def main() -> None:
     )
     parser.add_argument("subject", help="preprocessed subject directory")
     parser.add_argument("--preset", default="full", choices=("tiny", "demo", "full"))
-    parser.add_argument("--steps", type=int, default=200, help="steps to train (from scratch)")
+    parser.add_argument("--steps", type=int, default=200, help="steps to train (from scratch), per process")
     parser.add_argument("--out", help="run directory (default: a temporary one, removed afterwards)")
+    parser.add_argument("--json", help="also write the numbers to this JSON file")
+    parser.add_argument("--baseline", help="a one-process run's --json, for the scaling efficiency")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra settings")
     args = parser.parse_args()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.out:
+        parser.error("under torchrun give --out: the processes must share one run directory")
 
     overrides = [
         f"train.stop_after={args.steps}",
@@ -42,14 +60,68 @@ def main() -> None:
         *args.set,
     ]
     config = build_config(args.preset, overrides=overrides)
-    with tempfile.TemporaryDirectory() as scratch:
-        run_dir = Path(args.out) if args.out else Path(scratch) / "run"
-        result = train(Path(args.subject), run_dir, config)
-    timing = result.timing
+    # joined here so that the group outlives train() for the exchange of timings below
+    ctx = init_distributed(config.train.device)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            run_dir = Path(args.out) if args.out else Path(scratch) / "run"
+            result = train(Path(args.subject), run_dir, config)
+            timings = gather_objects(result.timing, ctx)
+            if ctx.is_main:
+                report = summarize(args.preset, result, timings)
+                if args.baseline:
+                    report["scaling_efficiency"] = scaling_efficiency(report, Path(args.baseline))
+                print_report(report)
+                if args.json:
+                    with atomic_open(args.json) as f:
+                        json.dump(report, f, indent=2)
+    finally:
+        shutdown(ctx)
+
+
+def summarize(preset: str, result: Any, timings: list[dict[str, Any]]) -> dict[str, Any]:
+    """The numbers of a run: rank 0's stage split, every process's step times and peak memory, and the
+    images per second of all processes together (one image per process and step)."""
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "CPU"
-    print(f"{args.preset} preset, {result.step} steps on {device} (torch {torch.__version__})")
-    median, mean = timing["median_step_seconds"], timing["mean_step_seconds"]
-    print(f"median step {median * 1e3:.1f} ms, mean {mean * 1e3:.1f} ms")
+    processes = len(timings)
+    slowest_mean = max(t["mean_step_seconds"] for t in timings)
+    report: dict[str, Any] = {
+        "preset": preset,
+        "device": device,
+        "torch": torch.__version__,
+        "processes": processes,
+        "steps": result.step,
+        "per_process": timings,
+        "images_per_second": processes / slowest_mean,
+        "images_per_second_median": processes / max(t["median_step_seconds"] for t in timings),
+    }
+    last = result.log[-1] if result.log else {}
+    report["rays"], report["shading_points_per_ray"] = last.get("rays"), last.get("samples_per_ray")
+    if processes > 1:
+        digests = ckpt.load_checkpoint(result.checkpoint)["rank_digests"]
+        report["parameters_identical"] = all(d["parameters"] == digests[0]["parameters"] for d in digests)
+        report["error_maps_identical"] = all(d["error_maps"] == digests[0]["error_maps"] for d in digests)
+    return report
+
+
+def scaling_efficiency(report: dict[str, Any], baseline_json: Path) -> float:
+    """Images per second of `report` over `processes` times those of a one-process run."""
+    baseline = json.loads(baseline_json.read_text())
+    if baseline["processes"] != 1:
+        raise SystemExit(f"{baseline_json}: the baseline must be a one-process run")
+    return report["images_per_second"] / (report["processes"] * baseline["images_per_second"])
+
+
+def print_report(report: dict[str, Any]) -> None:
+    timing = report["per_process"][0]
+    print(
+        f"{report['preset']} preset, {report['steps']} steps on {report['processes']} x {report['device']} "
+        f"(torch {report['torch']})"
+    )
+    print(
+        f"median step {timing['median_step_seconds'] * 1e3:.1f} ms, "
+        f"mean {timing['mean_step_seconds'] * 1e3:.1f} ms"
+    )
     if "peak_memory_gib" in timing:
         print(f"peak GPU memory {timing['peak_memory_gib']:.2f} GiB (allocated by torch)")
     stages = timing.get("stage_seconds", {})
@@ -57,10 +129,26 @@ def main() -> None:
     for name in STAGES:
         seconds = stages.get(name, 0.0)
         print(f"  {name:15} {seconds * 1e3:9.1f} ms  {100 * seconds / total:5.1f} %")
-    last = result.log[-1] if result.log else {}
-    if last:
-        rays, per_ray = last.get("rays", 0.0), last.get("samples_per_ray", 0.0)
-        print(f"last logged: rays {rays:.0f}, shading points per ray {per_ray:.1f}")
+    if report["rays"] is not None:
+        print(
+            f"last logged: rays {report['rays']:.0f}, "
+            f"shading points per ray {report['shading_points_per_ray']:.1f}"
+        )
+    if report["processes"] > 1:
+        for rank, other in enumerate(report["per_process"]):
+            memory = f", peak {other['peak_memory_gib']:.2f} GiB" if "peak_memory_gib" in other else ""
+            print(
+                f"process {rank}: median step {other['median_step_seconds'] * 1e3:.1f} ms, "
+                f"mean {other['mean_step_seconds'] * 1e3:.1f} ms{memory}"
+            )
+        print(f"parameters identical across processes: {report['parameters_identical']}")
+        print(f"error maps identical across processes: {report['error_maps_identical']}")
+    print(
+        f"images per second, all processes: {report['images_per_second']:.2f} "
+        f"(by the median step: {report['images_per_second_median']:.2f})"
+    )
+    if "scaling_efficiency" in report:
+        print(f"scaling efficiency against the one-process baseline: {report['scaling_efficiency']:.1%}")
 
 
 if __name__ == "__main__":
