@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +27,13 @@ from npva.io import (
     read_obj,
     read_transform,
 )
+from npva.synth import frames as synth_frames
 from npva.synth import write_subject
 from npva.synth.capture import SyntheticCapture
-from npva.synth.frames import torch_threads, write_frames
+from npva.synth.frames import FrameTask, FrameWriter, plan_tasks, torch_threads
 from npva.synth.grid import COARSE_COLS, COARSE_ROWS
 from npva.synth.scene import capture_frames, get_preset
+from npva.synth.sheet import TEXTURE
 from npva.synth.subject import MARKER
 
 TINY = get_preset("tiny")
@@ -192,15 +195,62 @@ def test_same_seed_same_bytes_through_the_cli_over_a_previous_output(subject, tm
     assert len(json.loads((again / MARKER).read_text())["files"]) == len(_tree_hashes(again)) - 1
 
 
-def test_worker_processes_write_the_same_files(subject, tmp_path):
-    frames = capture_frames(TINY)[:2]
-    wanted = {(frames[0].sequence, frames[0].frame, "400029")}
-    tiles = write_frames("tiny", 0, tmp_path, frames, wanted, workers=2)
-    assert set(tiles) == wanted
-    written = _tree_hashes(tmp_path)
-    assert len(written) == 2 * (4 + 2 * len(TINY.cameras))
+def test_worker_processes_write_the_same_files(subject, tmp_path, monkeypatch):
+    """Three workers, each frame split into two tasks (as on a machine with more cores than frames),
+    write the same bytes as one process, contact sheet included."""
+    monkeypatch.setattr(synth_frames, "TASKS_PER_WORKER", 6)
+    frames = capture_frames(TINY)
+    assert len(plan_tasks(frames, TINY.cameras, workers=3)) == 2 * len(frames)
+    write_subject(tmp_path / "split", "tiny", 0, workers=3)
+    assert _tree_hashes(tmp_path / "split") == _tree_hashes(subject)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "full"])
+@pytest.mark.parametrize("workers", [1, 2, 3, 32, 1000])
+def test_tasks_cover_every_view_of_every_frame_once(preset, workers):
+    """Every (frame, camera) pair, and every frame's own files (TEXTURE), lie in exactly one task;
+    the views of a frame are split evenly into enough tasks to keep every worker busy."""
+    spec = get_preset(preset)
+    frames = capture_frames(spec)
+    tasks = plan_tasks(frames, spec.cameras, workers)
+    covered = Counter((task.key, name) for task in tasks for name in task.views)
+    assert covered == Counter((key, name) for key in frames for name in (TEXTURE, *spec.cameras))
+    views = len(spec.cameras) + 1
+    if workers == 1:
+        assert len(tasks) == len(frames)
+    else:
+        assert len(tasks) >= min(synth_frames.TASKS_PER_WORKER * workers, len(frames) * views)
+    sizes = Counter(task.key for task in tasks)
+    group_sizes = [len(task.views) for task in tasks]
+    assert len(set(sizes.values())) == 1  # as many groups in every frame
+    assert max(group_sizes) - min(group_sizes) <= 1
+
+
+def test_only_the_texture_task_writes_the_frame_files(subject, tmp_path):
+    """A task of cameras writes their images and depth maps; the TEXTURE task writes the frame's mesh
+    (obj, bin), head pose and average texture. Both return their wanted tiles."""
+    key = capture_frames(TINY)[4]
+    wanted = {(key.sequence, key.frame, name) for name in ("400008", "400012", TEXTURE)}
+    writer = FrameWriter("tiny", 0, tmp_path, wanted)
+    layout = SubjectLayout(tmp_path)
+    cameras = ("400008", "400017")
+    tiles = writer.write(FrameTask(key, cameras))
+    assert set(tiles) == {(key.sequence, key.frame, "400008")}
+    camera_files = {layout.image(key.sequence, name, key.frame) for name in cameras}
+    camera_files |= {layout.mvs_depth(key.sequence, name, key.frame) for name in cameras}
+    assert {path for path in tmp_path.rglob("*") if path.is_file()} == camera_files
+
+    tiles = writer.write(FrameTask(key, (TEXTURE,)))
+    assert set(tiles) == {(key.sequence, key.frame, TEXTURE)}
+    frame_files = {
+        layout.mesh_obj(key.sequence, key.frame),
+        layout.mesh_bin(key.sequence, key.frame),
+        layout.transform(key.sequence, key.frame),
+        layout.average_texture(key.sequence, key.frame),
+    }
+    assert {path for path in tmp_path.rglob("*") if path.is_file()} == camera_files | frame_files
     reference = _tree_hashes(subject)
-    assert all(reference[name] == digest for name, digest in written.items())
+    assert all(reference[name] == digest for name, digest in _tree_hashes(tmp_path).items())
 
 
 def test_different_seed_differs(subject):

@@ -54,8 +54,8 @@ def write_subject(
     """Write the synthetic subject of `seed` at the size of `preset` into `out`.
 
     `out` must be absent, empty, or a previous synth output (whose files are then replaced).
-    workers: processes that render frames; default 1 for the tiny preset, else one per CPU core.
-    The files do not depend on it."""
+    workers: processes that render the frames' views; default 1 for the tiny preset, else one per
+    available CPU core. The files do not depend on it."""
     start = time.perf_counter()
     spec = get_preset(preset)
     if importlib.util.find_spec("OpenEXR") is None:
@@ -71,7 +71,7 @@ def write_subject(
     height, width = spec.image_size
     write_krt(layout.krt, [dome_camera(name, height, width) for name in spec.cameras])
     if workers is None:
-        workers = 1 if spec.name == "tiny" else min(_available_cores(), len(frames))
+        workers = 1 if spec.name == "tiny" else _available_cores()
     sheet = ContactSheet(spec, frames)
     sheet.add(write_frames(preset, seed, out, frames, sheet.wanted(), workers))
     entries = [(key.sequence, key.frame) for key in frames]
