@@ -60,6 +60,7 @@ def main() -> None:
         *args.set,
     ]
     config = build_config(args.preset, overrides=overrides)
+    baseline = read_baseline(Path(args.baseline)) if args.baseline else None  # before the run, not after
     # joined here so that the group outlives train() for the exchange of timings below
     ctx = init_distributed(config.train.device)
     try:
@@ -69,8 +70,10 @@ def main() -> None:
             timings = gather_objects(result.timing, ctx)
             if ctx.is_main:
                 report = summarize(args.preset, result, timings)
-                if args.baseline:
-                    report["scaling_efficiency"] = scaling_efficiency(report, Path(args.baseline))
+                if baseline is not None:
+                    report["scaling_efficiency"] = report["images_per_second"] / (
+                        report["processes"] * baseline["images_per_second"]
+                    )
                 print_report(report)
                 if args.json:
                     with atomic_open(args.json) as f:
@@ -104,12 +107,13 @@ def summarize(preset: str, result: Any, timings: list[dict[str, Any]]) -> dict[s
     return report
 
 
-def scaling_efficiency(report: dict[str, Any], baseline_json: Path) -> float:
-    """Images per second of `report` over `processes` times those of a one-process run."""
-    baseline = json.loads(baseline_json.read_text())
-    if baseline["processes"] != 1:
-        raise SystemExit(f"{baseline_json}: the baseline must be a one-process run")
-    return report["images_per_second"] / (report["processes"] * baseline["images_per_second"])
+def read_baseline(path: Path) -> dict[str, Any]:
+    """A one-process run's --json, the reference of the scaling efficiency: images per second of this
+    run over (processes x those of the baseline)."""
+    baseline = json.loads(path.read_text())
+    if baseline.get("processes") != 1:
+        raise SystemExit(f"{path}: the baseline must be a one-process run's --json")
+    return baseline
 
 
 def print_report(report: dict[str, Any]) -> None:

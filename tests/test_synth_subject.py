@@ -220,9 +220,9 @@ def test_tasks_cover_every_view_of_every_frame_once(preset, workers):
         assert len(tasks) == len(frames)
     else:
         assert len(tasks) >= min(synth_frames.TASKS_PER_WORKER * workers, len(frames) * views)
-    sizes = Counter(task.key for task in tasks)
+    groups_per_frame = Counter(task.key for task in tasks)
     group_sizes = [len(task.views) for task in tasks]
-    assert len(set(sizes.values())) == 1  # as many groups in every frame
+    assert len(set(groups_per_frame.values())) == 1  # as many groups in every frame
     assert max(group_sizes) - min(group_sizes) <= 1
 
 

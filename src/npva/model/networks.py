@@ -149,9 +149,9 @@ class UpBlock(nn.Module):
     """(B, cin, f, f) -> (B, cout, 2f, 2f).
 
     Conv 3x3 without bias plus an untied per-pixel bias, BatchNorm (unless `batchnorm` is off), conv 1x1
-    cout -> 4 cout,
-    LeakyReLU, PixelShuffle(2). With `final` the LeakyReLU is left out, so the decoder output (an offset,
-    a displacement in mm, a feature) is an unconstrained affine function of the normalized activations.
+    cout -> 4 cout, LeakyReLU, PixelShuffle(2). With `final` the LeakyReLU is left out, so the decoder
+    output (an offset, a displacement in mm, a feature) is an unconstrained affine function of the
+    normalized activations.
     """
 
     def __init__(
