@@ -20,6 +20,7 @@ from npva.model.networks import (
     Encoder,
     FeatureDecoder,
     UpBlock,
+    append_texture,
     coarse_map,
     kl_divergence,
     sample_latent,
@@ -109,6 +110,58 @@ def test_forward_backward_reaches_every_parameter():
         assert parameter.grad is not None, name
         assert torch.isfinite(parameter.grad).all(), name
         assert parameter.grad.abs().sum() > 0, name
+
+
+def test_append_texture_keeps_the_features_and_appends_the_texture():
+    features = torch.randn(2, 4, 16, 16, dtype=torch.float64)
+    texture = torch.rand(2, 3, 16, 16)
+    out = append_texture(features, texture)
+    assert out.shape == (2, 7, 16, 16) and out.dtype == torch.float64
+    assert torch.equal(out[:, :4], features)
+    assert torch.equal(out[:, 4:], texture.double())  # already P x P: unchanged
+    colour = torch.tensor([0.2, 0.5, 0.9])
+    out = append_texture(features[..., :8, :8], colour[None, :, None, None].expand(2, 3, 64, 64))
+    assert out.shape == (2, 7, 8, 8)
+    torch.testing.assert_close(out[:, 4:], colour[None, :, None, None].double().expand(2, 3, 8, 8))
+
+
+def test_append_texture_averages_detail_finer_than_the_point_map():
+    """Every 4th column lit, shrunk 4x: antialiasing gives the mean 1/4 away from the border, where
+    plain bilinear sampling would fall between the lit columns and see 0."""
+    texture = torch.zeros(1, 3, 32, 32)
+    texture[..., ::4] = 1.0
+    out = append_texture(torch.zeros(1, 2, 8, 8), texture)
+    torch.testing.assert_close(out[:, 2:, :, 1:-1], torch.full((1, 3, 8, 6), 0.25))
+
+
+def test_point_feature_channels_count_the_appended_texture():
+    assert ModelConfig().point_feature_channels == 32
+    assert ModelConfig(texture_features=True).point_feature_channels == 35
+    assert tiny_config().point_feature_channels == 8
+    assert tiny_config(texture_features=True).point_feature_channels == 11
+
+
+def test_texture_features_follow_the_decoded_ones_and_pass_gradients():
+    cfg = tiny_config(texture_features=True, texture_size=128, texture_channels=(8, 8))  # T = 2 P
+    net = AvatarNetwork(cfg).eval()
+    texture, posmap = tiny_inputs(cfg)
+    out = net(texture, posmap)
+    features = out.maps.features
+    assert features.shape == (2, cfg.point_feature_channels, 64, 64) == (2, 11, 64, 64)
+    decoded = net.feature_decoder(out.z)
+    assert torch.equal(features[:, :8], decoded)
+    assert torch.equal(features, append_texture(decoded, texture))
+    assert torch.equal(net.decode(out.z, texture).features, features)
+    features.pow(2).mean().backward()
+    for name, parameter in net.feature_decoder.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_decoding_with_texture_features_needs_the_texture():
+    cfg = tiny_config(texture_features=True)
+    z = torch.randn(1, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+    with pytest.raises(ValueError, match="texture_features"):
+        AvatarNetwork(cfg).decode(z)
 
 
 def test_kl_divergence_known_values():

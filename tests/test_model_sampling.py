@@ -65,6 +65,21 @@ def test_background_probes_are_ignored_for_the_near_depth():
     assert (z[1] == 0).all()
 
 
+def test_centre_guide_starts_only_the_rays_of_surface_pixels():
+    guide = torch.zeros(10, 16)
+    guide[:, 8:] = 500.0  # surface for x >= 8
+    # x 6: background, its probe at x 8 on the surface; x 8 and 12: on it; x 3: no probe on it
+    pixels = [[6, 5], [8, 5], [12, 5], [3, 5]]
+    z, valid = _candidates(guide, pixels, SamplingConfig(probe_offset_px=2))
+    centre_z, centre_valid = _candidates(guide, pixels, SamplingConfig(probe_offset_px=2, centre_guide=True))
+    window = [481.0 + 2 * i for i in range(20)]
+    assert valid[0].all() and z[0].tolist() == window
+    assert not centre_valid[0].any() and (centre_z[0] == 0).all()
+    assert valid[1:3].all() and z[1:3].tolist() == [window, window]
+    assert torch.equal(centre_z[1:], z[1:]) and torch.equal(centre_valid[1:], valid[1:])
+    assert not valid[3].any()
+
+
 def test_probes_are_clipped_to_the_image():
     guide = torch.zeros(40, 40)
     guide[0, 0] = 500.0

@@ -20,6 +20,7 @@ from npva.config import (
 )
 from npva.errors import FormatError, NpvaError
 from npva.geometry.camera import look_at
+from npva.model.render import UVTemplate
 from npva.train import build_config, load_avatar, preset_config, train
 from npva.train import checkpoint as ckpt
 from npva.train.avatar import Avatar, CameraBackground
@@ -224,9 +225,20 @@ def test_presets_build_consistent_models():
     for name in ("tiny", "demo", "full"):
         config = preset_config(name)
         assert config.data.texture_size == config.model.texture_size
-        assert config.render.decoder.feature_dim == config.model.feature_channels[-1]
+        assert config.render.decoder.feature_dim == config.model.point_feature_channels
     assert preset_config("full") == ExperimentConfig()
     assert yaml.safe_load(yaml.safe_dump(dataclasses.asdict(preset_config("tiny"))))  # plain data
+
+
+def test_decoder_feature_dim_must_count_the_texture_features():
+    config = apply_overrides(preset_config("tiny"), ["model.texture_features=true"])
+    size = config.model.posmap_size
+    template = UVTemplate.from_coverage(torch.zeros(3, size, size), 1.0, torch.ones(size, size))
+    mouth = torch.zeros(size, size, dtype=torch.bool)
+    with pytest.raises(NpvaError, match=r"feature_dim \(8\).*plus 3 for model.texture_features"):
+        Avatar(config.model, config.render, template, mouth, "black")
+    config = apply_overrides(config, ["render.decoder.feature_dim=11"])
+    assert Avatar(config.model, config.render, template, mouth, "black").decoder.cfg.feature_dim == 11
 
 
 # ---- data order and backgrounds -------------------------------------------------------------------

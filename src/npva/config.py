@@ -43,6 +43,15 @@ class ModelConfig:
     # its own statistics, which erases what the latent says about the expression: off in tiny and demo.
     batchnorm: bool = True
     mask_points_outside_uv: bool = True  # drop points whose texel lies outside the UV islands
+    # Append the frame's average texture (resampled to the point map) to the decoded point features, so
+    # that the radiance decoder sees the driving texture directly and not only through the latent. Off in
+    # the published configuration; docs/model.md says when it helps.
+    texture_features: bool = False
+
+    @property
+    def point_feature_channels(self) -> int:
+        """Channels of a neural point's feature: the decoded ones, plus RGB with texture_features."""
+        return self.feature_channels[-1] + (3 if self.texture_features else 0)
 
 
 @dataclass
@@ -58,6 +67,9 @@ class SamplingConfig:
     max_samples: int = 16  # SR: kept shading points per ray, in ray order
     occupancy_voxel_mm: float = 1.0  # a candidate is kept if an occupied voxel is within
     occupancy_reach_voxels: int = 3  # +- this many voxels
+    # True: a ray whose own pixel has no guide depth is background. The published rule (False) starts a ray
+    # when any probe sees the surface, which widens the silhouette by up to probe_offset_px.
+    centre_guide: bool = False
 
 
 @dataclass
@@ -78,7 +90,7 @@ class DecoderConfig:
     """Radiance decoding and compositing (method.md section 7)."""
 
     variant: str = "lightweight"  # or "pointnerf"
-    feature_dim: int = 32  # must equal ModelConfig.feature_channels[-1]
+    feature_dim: int = 32  # must equal ModelConfig.point_feature_channels
     feature_frequencies: int = 3  # PE_3 of the aggregated feature
     offset_frequencies: int = 5  # PE_5 of the 6-channel offset
     direction_frequencies: int = 4  # PE_4 of the ray direction

@@ -110,7 +110,7 @@ class _NeighbourDecoder(nn.Module):
         if c != self.cfg.feature_dim:
             raise ConfigError(
                 f"features have {c} channels but DecoderConfig.feature_dim is {self.cfg.feature_dim} "
-                "(it must equal ModelConfig.feature_channels[-1])"
+                "(it must equal ModelConfig.point_feature_channels)"
             )
         expected = {
             "offsets_world": (offsets_world, (n, k, 3)),

@@ -15,6 +15,7 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from npva.config import ModelConfig
@@ -323,6 +324,16 @@ def coarse_map(offset: torch.Tensor, mean: torch.Tensor, std: float | torch.Tens
     return std * offset + mean
 
 
+def append_texture(features: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
+    """features (B,C,P,P), texture (B,3,T,T) in the same UV image layout -> (B,C+3,P,P): the texture
+    resampled to P x P (bilinear, antialiased when shrinking) appended to every texel's features."""
+    size = features.shape[-1]
+    resampled = F.interpolate(
+        texture.to(features.dtype), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return torch.cat((features, resampled), dim=1)
+
+
 class AvatarNetwork(nn.Module):
     """Encoder and the three decoders of one avatar."""
 
@@ -347,12 +358,18 @@ class AvatarNetwork(nn.Module):
         """A sample of the posterior in training mode, its mean mu in evaluation mode."""
         return sample_latent(mu, logstd, generator) if self.training else mu
 
-    def decode(self, z: torch.Tensor) -> DecodedMaps:
-        """z (B,Z,L,L) -> the three UV maps."""
+    def decode(self, z: torch.Tensor, texture: torch.Tensor | None = None) -> DecodedMaps:
+        """z (B,Z,L,L) -> the three UV maps. texture (B,3,T,T), the encoder's average texture, is needed
+        with cfg.texture_features: the point features are then the decoded ones followed by its RGB."""
+        features = self.feature_decoder(z)
+        if self.cfg.texture_features:
+            if texture is None:
+                raise ValueError("model.texture_features is on: decoding needs the frame's average texture")
+            features = append_texture(features, texture)
         return DecodedMaps(
             coarse_offset=self.coarse_decoder(z),
             displacement=self.displacement_decoder(z),
-            features=self.feature_decoder(z),
+            features=features,
         )
 
     def forward(
@@ -363,4 +380,4 @@ class AvatarNetwork(nn.Module):
     ) -> AvatarOutput:
         mu, logstd = self.encode(texture, posmap_normalized)
         z = self.latent(mu, logstd, generator)
-        return AvatarOutput(maps=self.decode(z), mu=mu, logstd=logstd, z=z)
+        return AvatarOutput(maps=self.decode(z, texture), mu=mu, logstd=logstd, z=z)

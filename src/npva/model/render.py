@@ -298,8 +298,9 @@ def render(
 ) -> RenderOutput:
     """Render one frame from one camera.
 
-    Either `latent` (1, Z, L, L), decoded directly, or the encoder inputs `texture` (1, 3, T, T) and
-    `posmap_normalized` (1, 3, S, S), encoded then sampled (training mode) or taken at the mean.
+    Either `latent` (1, Z, L, L), decoded directly (with `texture` when the model appends it to the
+    point features), or the encoder inputs `texture` (1, 3, T, T) and `posmap_normalized` (1, 3, S, S),
+    encoded then sampled (training mode) or taken at the mean.
     pixels: (R, 2) long (x, y), default every pixel row by row. training: jitter the sampling bins;
     default network.training. generator: for the latent sample and the jitter. background: see
     render_rays.
@@ -308,7 +309,7 @@ def render(
         training = network.training
     mu = logstd = None
     if latent is not None:
-        maps = network.decode(latent)
+        maps = network.decode(latent, texture)
     elif texture is not None and posmap_normalized is not None:
         out = network(texture, posmap_normalized, generator)
         maps, mu, logstd = out.maps, out.mu, out.logstd

@@ -68,8 +68,8 @@ def depth_guided_candidates(
         without gradient.
     pixels: (R, 2) long pixel indices (x, y).
     Returns cand_z (R, N) camera z ascending along each ray and cand_valid (R, N) bool, with
-    N = cfg.num_candidates. Rays without guide depth in their probes have no valid candidate (z 0);
-    candidates at z <= 0 are invalid.
+    N = cfg.num_candidates. Rays without guide depth in their probes (with cfg.centre_guide: at their own
+    pixel) have no valid candidate (z 0); candidates at z <= 0 are invalid.
     """
     if not 0 <= cfg.jitter < 2:
         raise ValueError(f"sampling jitter must lie in [0, 2), got {cfg.jitter}")
@@ -77,7 +77,7 @@ def depth_guided_candidates(
         raise ValueError(f"num_candidates must be at least 2, got {cfg.num_candidates}")
     probes = probe_depths(guide_depth.detach(), pixels, cfg.probe_offset_px)  # (R, 9)
     foreground = probes >= cfg.background_depth_mm
-    has_guide = foreground.any(1)
+    has_guide = foreground[:, 4] if cfg.centre_guide else foreground.any(1)  # probe 4: the pixel itself
     d_max = probes.max(1).values
     d_min = torch.where(foreground, probes, torch.full_like(probes, torch.inf)).min(1).values
     d_min = torch.where(has_guide, d_min, d_max)

@@ -104,10 +104,11 @@ class Avatar(nn.Module):
                 f"the position-map statistics are {tuple(template.mean_map.shape[-2:])} texels but "
                 f"model.posmap_size is {size}: preprocess with --uv-size {size} or change the model"
             )
-        if render.decoder.feature_dim != model.feature_channels[-1]:
+        if render.decoder.feature_dim != model.point_feature_channels:
             raise NpvaError(
                 f"render.decoder.feature_dim ({render.decoder.feature_dim}) must equal the last entry of "
                 f"model.feature_channels ({model.feature_channels[-1]})"
+                + (", plus 3 for model.texture_features" if model.texture_features else "")
             )
         self.render_config = render
         self.background_mode = background
@@ -185,7 +186,7 @@ class Avatar(nn.Module):
             mu, logstd = mu.float(), logstd.float()
             z = self.network.latent(mu, logstd, generator)
             with self._network_precision():
-                maps = self.network.decode(z)
+                maps = self.network.decode(z, sample.texture[None])
             maps = DecodedMaps(*(m.float() for m in maps))
         cfg = self.render_config
         scene = build_scene(

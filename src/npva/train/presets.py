@@ -2,21 +2,20 @@
 
 Each preset is the published configuration (the dataclass defaults) with the overrides below. Sizes
 scale together: UV side S = posmap_size (preprocess with --uv-size S), point map P (one neural point per
-texel, P x P), latent L; every channel list has log2(side / L) entries (ModelConfig validation tells
-which). Geometric settings in mm follow the point spacing: at P = 1024 neighbouring points lie about
-0.3 mm apart on the synthetic head, at P = 64 about 3 mm, so the neighbour radius and the occupancy
-voxels grow at small P, and the pixel offsets of the sampling probes shrink with the image. Where the UV
-layout stretches (the neck of the synthetic head: rows of points up to 27 mm apart at P = 128), a
-candidate far from every point is dropped and its ray shows the background, so the demo reaches 8 to
-10 mm around the points (about 0.05 % of the mask pixels left without samples, against 6 % at 3 mm).
-Its sizes were chosen by held-out PSNR on the demo subject after 560 steps (24 renders, H100,
-2026-11-25): 128^2 points 25.3 dB; 256^2 points 27.0 dB; a latent of 8^2 +0.3 dB; lr 1e-2 +0.7 dB at
-128^2 points but -0.9 dB at 256^2; 8 shading points per ray instead of 16 the same (so the demo keeps
-8: half the queries and decoding on a CPU); twice the steps +1.4 dB (at 128^2). Then, on 2 CPU cores
-over 1120 steps: without BatchNorm and with the short-run latent (SHORT_RUN_LATENT) at lr 2e-3 the
-decoded geometry follows the expressions (the widest mouth-opening frame 0.7 mm from its mesh, against
-1.7 mm, its chin moved 40 mm as the mesh does, against 9 mm), held-out PSNR 26.6 dB over 8 renders
-against 26.2 dB without the latent change and 24.8 dB (4 renders) with BatchNorm at lr 5e-3.
+texel, P x P), latent L; every channel list has log2(side / latent side) entries (ModelConfig validation
+tells which). The neighbour radius grows with the point spacing (at P = 1024 neighbouring points lie about
+0.3 mm apart on the synthetic head, at P = 64 about 3 mm) and the pixel offsets of the sampling probes
+shrink with the image. Its sizes were chosen by held-out PSNR on the demo subject after 560 steps
+(24 renders, H100, 2026-11-25): 128^2 points 25.3 dB; 256^2 points 27.0 dB; a latent of 8^2 +0.3 dB;
+lr 1e-2 +0.7 dB at 128^2 points but -0.9 dB at 256^2; 8 shading points per ray instead of 16 the same
+(so the demo keeps 8: half the queries and decoding on a CPU); twice the steps +1.4 dB (at 128^2). On
+2 CPU cores over 1120 steps, without BatchNorm and with the short-run latent (SHORT_RUN_LATENT) at lr
+2e-3 the decoded geometry follows the expressions (the widest mouth-opening frame 0.7 mm from its mesh,
+against 1.7 mm). Then over 1120 steps (24 test renders from the test cameras, H100, 2026-11-26; in the
+mask / over the image), with the average texture appended to the point features: the occupancy test
+reaching 4 voxels of 2 mm around the points 26.2 / 27.1 dB, 2 voxels 27.3 / 29.3 dB, 1 voxel (the demo)
+27.9 / 30.1 dB, the published 3 voxels of 1 mm the same 27.9 / 30.1 dB but three times slower on a CPU;
+without the texture 27.0 / 29.2 dB (1 mm voxels); the textured tracked mesh 27.8 / 29.6 dB.
 """
 
 from __future__ import annotations
@@ -82,16 +81,17 @@ PRESETS: dict[str, dict[str, Any]] = {
             "coarse_channels": [32, 16, 8, 3],
             "displacement_channels": [32, 16, 16, 8, 8, 3],
             "feature_channels": [64, 32, 32, 16, 16, 16],
+            "texture_features": True,
         },
         "render": {
             "sampling": {
                 "probe_offset_px": 4,
                 "occupancy_voxel_mm": 2.0,
-                "occupancy_reach_voxels": 4,
+                "occupancy_reach_voxels": 1,
                 "max_samples": 8,
             },
             "query": {"radius_mm": 10.0},
-            "decoder": {"feature_dim": 16, "hidden": 64, "pointnerf_hidden": 64},
+            "decoder": {"feature_dim": 16 + 3, "hidden": 64, "pointnerf_hidden": 64},
         },
         "data": {"texture_size": 128},
         "gep": {"grid_stride_x": 4, "grid_stride_y": 4, "error_rays": 2500, "patch_size": 64},
