@@ -26,6 +26,7 @@ from npva.model.networks import (
     sample_latent,
     validate_model_config,
 )
+from npva.train.presets import preset_config
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "model.md"
 
@@ -201,6 +202,24 @@ def test_latent_is_a_sample_in_training_and_mu_in_evaluation():
     texture, posmap = tiny_inputs(tiny_config(), batch=1)
     out = net(texture, posmap)
     assert torch.equal(out.z, out.mu)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "demo"])
+def test_decoded_maps_follow_the_latent_from_the_start(preset):
+    # Without BatchNorm, PyTorch's default init shrinks each layer's output, so at the demo's sizes the
+    # decoded maps moved by about 1e-4 between latent codes; the decoders then learned the mean face
+    # first and a short run never followed the expressions. Xavier with the LeakyReLU gain keeps it.
+    cfg = preset_config(preset).model
+    assert not cfg.batchnorm
+    torch.manual_seed(0)
+    net = AvatarNetwork(cfg)
+    z = torch.randn(8, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+    with torch.no_grad():
+        for decoder in (net.coarse_decoder, net.displacement_decoder, net.feature_decoder):
+            assert decoder(z).std(dim=0).mean() > 0.05
+        texture, posmap = tiny_inputs(cfg, batch=8)
+        mu, _ = net.encoder(texture, posmap)
+    assert mu.std(dim=0).mean() > 0.05
 
 
 def test_untied_bias_is_per_pixel():

@@ -39,9 +39,12 @@ def tiny_run(tiny_subject: Path, gendir: Path, tmp_path_factory):
 def test_training_lowers_the_loss_and_raises_held_out_psnr(tiny_run):
     assert tiny_run.finished and tiny_run.step == tiny_run.total_steps == 35
     first, last = tiny_run.log[0], tiny_run.log[-1]
-    assert last["rgb"] < 0.8 * first["rgb"]
-    assert last["psnr"] > first["psnr"] + 2.0
     assert {record["phase"] for record in tiny_run.log} == {0.0, 1.0, 2.0}  # grid, error, patch
+    # The patch phase samples the harder pixels around the face, so compare the sampled rays' loss up
+    # to the last interval before it.
+    before_patch = [record for record in tiny_run.log if record["phase"] < 2.0][-1]
+    assert before_patch["rgb"] < 0.8 * first["rgb"]
+    assert before_patch["psnr"] > first["psnr"] + 2.0
     assert "lpips" in last and "lpips" not in first  # the perceptual term in the patch phase only
     before, after = tiny_run.validation[0], tiny_run.validation[-1]
     assert (before.step, after.step) == (0, 35)

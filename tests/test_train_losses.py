@@ -66,6 +66,21 @@ def test_mesh_excludes_mouth_and_uncovered_texels():
     assert mesh_loss(batch, posmap[None], coverage, mouth).item() == pytest.approx(3.0)
 
 
+def test_mesh_mouth_weight_counts_mouth_texels_with_that_weight():
+    posmap = torch.zeros(3, 2, 2)
+    coarse = torch.zeros(3, 2, 2)
+    coarse[:, 0, 0] = torch.tensor([1.0, -2.0, 2.0])  # L1 5
+    coarse[:, 0, 1] = torch.tensor([0.0, 0.0, 1.0])  # L1 1
+    coarse[:, 1, 0] = torch.tensor([4.0, 0.0, 0.0])  # L1 4, mouth
+    coverage = torch.tensor([[True, True], [True, False]])
+    mouth = torch.tensor([[False, False], [True, False]])
+    # (5 + 1 + 0.5 * 4) / (1 + 1 + 0.5)
+    assert mesh_loss(coarse, posmap, coverage, mouth, mouth_weight=0.5).item() == pytest.approx(3.2)
+    assert mesh_loss(coarse, posmap, coverage, mouth, mouth_weight=1.0).item() == pytest.approx(10 / 3)
+    batch = torch.stack([coarse, coarse + 0])
+    assert mesh_loss(batch, posmap[None], coverage, mouth, mouth_weight=0.5).item() == pytest.approx(3.2)
+
+
 def test_smoothness_is_smooth_l1_over_covered_neighbour_pairs():
     beta = 4.0
     coarse = torch.zeros(3, 2, 3)

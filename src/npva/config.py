@@ -128,8 +128,8 @@ class PreprocessConfig:
     )
     depth_scale: float = 1000.0  # multiply imported depth by this to get mm (1000 for metres)
     mouth_mask: str | None = None  # a UV-space PNG overriding the derived mouth mask
-    mouth_stretch: float = 1.8  # texel cells whose area grows this much over the frames are mouth
-    mouth_dilate: int = 2  # texels added around the derived mouth region
+    mouth_stretch: float = 2.5  # texel cells whose area grows this much over the frames are mouth
+    mouth_dilate: int = 1  # texels added around the derived mouth region
     stats_list: str | None = None  # frames for the statistics; default splits/train_list.txt, else all
 
 
@@ -170,6 +170,7 @@ class LossConfig:
     depth_weight: float = 0.1
     rast_depth_weight: float = 0.2
     mesh_weight: float = 0.2
+    mesh_mouth_weight: float = 0.0  # weight of mouth texels in the mesh term's mean (0: left out)
     smooth_weight: float = 1.0
     kl_weight: float = 0.001
     displacement_weight: float = 0.1

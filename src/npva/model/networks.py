@@ -119,6 +119,27 @@ def _check_shape(name: str, tensor: torch.Tensor, expected: tuple[int | None, ..
 # Building blocks
 
 
+def xavier_conv(
+    in_channels: int, out_channels: int, kernel_size: int, gain: float, bias: bool = True, **kwargs
+) -> nn.Conv2d:
+    """A Conv2d with xavier-uniform weights scaled by `gain` and zero bias.
+
+    PyTorch's default init scales each layer's output variance by about 1/3, so without BatchNorm the
+    part of a decoded map that depends on z starts tiny after a few layers and the decoders learn the
+    mean face long before they follow the latent (measured: a short run's coarse map never opened the
+    jaw). Xavier with the LeakyReLU gain keeps the activations' scale through the layers.
+    """
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, bias=bias, **kwargs)
+    nn.init.xavier_uniform_(conv.weight, gain=gain)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+def leaky_gain(leaky_slope: float) -> float:
+    return nn.init.calculate_gain("leaky_relu", leaky_slope)
+
+
 def down_block(
     in_channels: int, out_channels: int, leaky_slope: float, batchnorm: bool = True
 ) -> nn.Sequential:
@@ -126,10 +147,12 @@ def down_block(
     (B, cin, f, f) -> (B, cout, f/2, f/2).
 
     With BatchNorm the convolution has no bias: the BatchNorm right after it removes any per-channel
-    constant.
+    constant. Xavier-uniform weights with the LeakyReLU gain.
     """
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=not batchnorm),
+        xavier_conv(
+            in_channels, out_channels, 4, leaky_gain(leaky_slope), bias=not batchnorm, stride=2, padding=1
+        ),
         nn.BatchNorm2d(out_channels) if batchnorm else nn.Identity(),
         nn.LeakyReLU(leaky_slope),
     )
@@ -152,7 +175,7 @@ class UpBlock(nn.Module):
     Conv 3x3 without bias plus an untied per-pixel bias, BatchNorm (unless `batchnorm` is off), conv 1x1
     cout -> 4 cout, LeakyReLU, PixelShuffle(2). With `final` the LeakyReLU is left out, so the decoder
     output (an offset, a displacement in mm, a feature) is an unconstrained affine function of the
-    normalized activations.
+    normalized activations. Xavier-uniform weights with the LeakyReLU gain (gain 1 for the final 1x1).
     """
 
     def __init__(
@@ -165,10 +188,11 @@ class UpBlock(nn.Module):
         batchnorm: bool = True,
     ):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        gain = leaky_gain(leaky_slope)
+        self.conv = xavier_conv(in_channels, out_channels, 3, gain, bias=False, padding=1)
         self.untied_bias = UntiedBias(out_channels, size)
         self.norm = nn.BatchNorm2d(out_channels) if batchnorm else nn.Identity()
-        self.expand = nn.Conv2d(out_channels, 4 * out_channels, kernel_size=1)
+        self.expand = xavier_conv(out_channels, 4 * out_channels, 1, 1.0 if final else gain)
         self.activation = nn.Identity() if final else nn.LeakyReLU(leaky_slope)
         self.shuffle = nn.PixelShuffle(2)
 
@@ -201,7 +225,7 @@ class Encoder(nn.Module):
             )
         )
         self.geometry_branch = nn.Sequential(
-            nn.Conv2d(IMAGE_CHANNELS, cfg.geometry_channels, kernel_size=1), nn.LeakyReLU(slope)
+            xavier_conv(IMAGE_CHANNELS, cfg.geometry_channels, 1, leaky_gain(slope)), nn.LeakyReLU(slope)
         )
         joint_in = (cfg.texture_channels[-1] + cfg.geometry_channels, *cfg.encoder_channels[:-1])
         self.joint_branch = nn.Sequential(
@@ -210,8 +234,8 @@ class Encoder(nn.Module):
                 for a, b in zip(joint_in, cfg.encoder_channels, strict=True)
             )
         )
-        self.mu_head = nn.Conv2d(cfg.encoder_channels[-1], cfg.latent_channels, kernel_size=1)
-        self.logstd_head = nn.Conv2d(cfg.encoder_channels[-1], cfg.latent_channels, kernel_size=1)
+        self.mu_head = xavier_conv(cfg.encoder_channels[-1], cfg.latent_channels, 1, 1.0)
+        self.logstd_head = xavier_conv(cfg.encoder_channels[-1], cfg.latent_channels, 1, 1.0)
 
     def forward(
         self, texture: torch.Tensor, posmap_normalized: torch.Tensor

@@ -55,9 +55,11 @@ class MouthStretch:
     """Accumulates, over frames, how much each texel cell's surface area grows.
 
     The tracked mesh has no mouth interior: its lips are joined by a surface that stretches as the jaw
-    opens, while skin keeps its area within a few tens of percent. Cells whose largest area exceeds
-    `ratio` times their smallest are candidates; the largest connected region of them is the mouth
-    (eyelids and the jaw corners stretch too, but over far fewer cells).
+    opens, by five times or more where they meet. Skin grows less, though a lip stretch widens the band
+    around the mouth by up to 2-3 times (on the synthetic subject a 1.8 threshold took in the cheeks,
+    a band six times the width of the lips). Cells whose largest area exceeds `ratio` times their
+    smallest are candidates; the largest connected region of them is the mouth (eyelids and the jaw
+    corners stretch too, but over far fewer cells).
     """
 
     def __init__(self, coverage: np.ndarray):

@@ -6,9 +6,9 @@ Exact definitions (weights and constants in LossConfig):
 - depth / rast_depth: mean of |D - D_mvs| over the rays whose MVS depth is known (> 0) and whose
   |D - D_mvs| is below depth_threshold_mm; D is the composited depth, or the rasterized guide depth.
   (The authors' code divides the sum by all rays; a mean over the rays used does not shrink with them.)
-- mesh: mean over covered, non-mouth texels of the distance between the coarse map and the tracked
-  position map: the L1 norm over x, y, z ("l1", as the method text writes |.|), or the Euclidean norm
-  ("l2", as the authors' code has it).
+- mesh: mean over covered, non-mouth texels (mouth texels weighted mesh_mouth_weight, 0 in the method)
+  of the distance between the coarse map and the tracked position map: the L1 norm over x, y, z ("l1",
+  as the method text writes |.|), or the Euclidean norm ("l2", as the authors' code has it).
 - smooth: smooth-L1 (beta smooth_beta_mm) of the difference between neighbouring texels of the coarse
   map, averaged over x, y, z and the pairs whose two texels are covered, for horizontal and vertical
   neighbours separately; the two means are added.
@@ -77,8 +77,10 @@ def mesh_loss(
     coverage: torch.Tensor,
     mouth: torch.Tensor,
     norm: str = "l1",
+    mouth_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Mean over covered, non-mouth texels of the distance between coarse map and position map.
+    """Weighted mean over covered texels of the distance between coarse map and position map: mouth
+    texels count `mouth_weight` (0: left out, as the method has it), the others 1.
 
     coarse, posmap: (3, S, S) or (B, 3, S, S) face frame, mm; coverage, mouth: (S, S) bool;
     norm: "l1" (sum of |dx|, |dy|, |dz|) or "l2" (Euclidean).
@@ -90,8 +92,12 @@ def mesh_loss(
         distance = torch.linalg.vector_norm(coarse - posmap, dim=1)
     else:
         raise ValueError(f"mesh norm must be l1 or l2, got {norm!r}")
-    used = (coverage & ~mouth).to(coarse.device)
-    return distance[:, used].mean() if used.any() else distance.sum() * 0
+    coverage, mouth = coverage.to(coarse.device), mouth.to(coarse.device)
+    weight = coverage * torch.where(mouth, mouth_weight, 1.0)  # (S, S)
+    total = weight.sum()
+    if total == 0:
+        return distance.sum() * 0
+    return (distance * weight).sum() / (total * distance.shape[0])
 
 
 def smoothness_loss(coarse: torch.Tensor, coverage: torch.Tensor, beta: float) -> torch.Tensor:
@@ -210,7 +216,14 @@ def compute_losses(
         coverage = _needed(coverage, "coverage", "mesh and smoothness")
     if config.mesh_weight:
         posmap = _needed(posmap, "posmap", "mesh")
-        terms.mesh = mesh_loss(coarse, posmap, coverage, _needed(mouth, "mouth", "mesh"), config.mesh_norm)
+        terms.mesh = mesh_loss(
+            coarse,
+            posmap,
+            coverage,
+            _needed(mouth, "mouth", "mesh"),
+            config.mesh_norm,
+            config.mesh_mouth_weight,
+        )
     if config.smooth_weight:
         terms.smooth = smoothness_loss(coarse, coverage, config.smooth_beta_mm)
     if config.kl_weight:
