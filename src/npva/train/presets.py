@@ -5,17 +5,9 @@ scale together: UV side S = posmap_size (preprocess with --uv-size S), point map
 texel, P x P), latent L; every channel list has log2(side / latent side) entries (ModelConfig validation
 tells which). The neighbour radius grows with the point spacing (at P = 1024 neighbouring points lie about
 0.3 mm apart on the synthetic head, at P = 64 about 3 mm) and the pixel offsets of the sampling probes
-shrink with the image. Its sizes were chosen by held-out PSNR on the demo subject after 560 steps
-(24 renders, H100, 2026-11-25): 128^2 points 25.3 dB; 256^2 points 27.0 dB; a latent of 8^2 +0.3 dB;
-lr 1e-2 +0.7 dB at 128^2 points but -0.9 dB at 256^2; 8 shading points per ray instead of 16 the same
-(so the demo keeps 8: half the queries and decoding on a CPU); twice the steps +1.4 dB (at 128^2). On
-2 CPU cores over 1120 steps, without BatchNorm and with the short-run latent (SHORT_RUN_LATENT) at lr
-2e-3 the decoded geometry follows the expressions (the widest mouth-opening frame 0.7 mm from its mesh,
-against 1.7 mm). Then over 1120 steps (24 test renders from the test cameras, H100, 2026-11-26; in the
-mask / over the image), with the average texture appended to the point features: the occupancy test
-reaching 4 voxels of 2 mm around the points 26.2 / 27.1 dB, 2 voxels 27.3 / 29.3 dB, 1 voxel (the demo)
-27.9 / 30.1 dB, the published 3 voxels of 1 mm the same 27.9 / 30.1 dB but three times slower on a CPU;
-without the texture 27.0 / 29.2 dB (1 mm voxels); the textured tracked mesh 27.8 / 29.6 dB.
+shrink with the image. The demo's settings were chosen by held-out PSNR on the demo subject (24 renders
+of the test frames from the test cameras, 2026-11-25/26, on an H100 and an H200); the measurements are
+in docs/training.md ("Choosing the demo preset").
 """
 
 from __future__ import annotations
@@ -67,7 +59,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # The demo subject (`npva synth --preset demo`, `npva preprocess --uv-size 64`): 256x167 training
     # images, 64^2 UV maps, 256^2 points (about 0.2 per pixel of the face), sized to finish on two
-    # CPU cores within 10 minutes.
+    # CPU cores within 12 minutes.
     "demo": {
         "model": {
             "texture_size": 128,
@@ -94,6 +86,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "decoder": {"feature_dim": 16 + 3, "hidden": 64, "pointnerf_hidden": 64},
         },
         "data": {"texture_size": 128},
+        # The mouth texels follow the tracked mesh too: the appended texture is laid out on its surface,
+        # and a short run does not learn their place from the photos alone.
         "loss": {"mesh_mouth_weight": 1.0},
         "gep": {"grid_stride_x": 4, "grid_stride_y": 4, "error_rays": 2500, "patch_size": 64},
         "train": {
