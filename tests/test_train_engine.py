@@ -56,6 +56,7 @@ def test_training_lowers_the_loss_and_raises_held_out_psnr(tiny_run):
 def test_stopped_run_resumed_from_the_command_line_matches_an_uninterrupted_one(
     tiny_subject, gendir, tiny_run, tmp_path
 ):
+    # Bit for bit with one thread per process, as `make test` runs it (docs/training.md).
     run_dir = tmp_path / "run"
     common = [str(tiny_subject), "--out", str(run_dir), "--gendir", str(gendir), "--preset", "tiny"]
     assert main(["train", *common, "--set", "train.stop_after=13"]) == 0
