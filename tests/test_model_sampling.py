@@ -158,18 +158,18 @@ def test_occupancy_keep_rule_by_hand(dense_limit):
 
 
 @DENSE_AND_SPARSE
-@pytest.mark.parametrize("seed", [3, 4])
-def test_occupancy_equals_its_definition_on_random_points(dense_limit, seed):
+@pytest.mark.parametrize(("seed", "reach"), [(3, 2), (4, 2), (5, 0), (6, 1), (7, 3), (8, 5), (9, 7)])
+def test_occupancy_equals_its_definition_on_random_points(dense_limit, seed, reach):
     g = torch.Generator().manual_seed(seed)
-    points = torch.rand(300, 3, generator=g) * 30 - seed
+    points = torch.rand(60 if reach > 2 else 300, 3, generator=g) * 30 - seed
     queries = torch.rand(2000, 3, generator=g) * 40 - 5
-    grid = OccupancyGrid(points, voxel=1.5, reach=2, dense_limit=dense_limit)
+    grid = OccupancyGrid(points, voxel=1.5, reach=reach, dense_limit=dense_limit)
     vp = torch.floor(points / 1.5).long()
     vq = torch.floor(queries / 1.5).long()
-    expected = ((vq[:, None, :] - vp[None]).abs().max(-1).values <= 2).any(1)
+    expected = ((vq[:, None, :] - vp[None]).abs().max(-1).values <= reach).any(1)
     assert torch.equal(grid.contains(queries), expected)
     assert 0 < expected.float().mean() < 1
-    assert grid.num_voxels == OccupancyGrid(points, 1.5, 2, dense_limit=0).num_voxels
+    assert grid.num_voxels == OccupancyGrid(points, 1.5, reach, dense_limit=0).num_voxels
     assert not OccupancyGrid(torch.zeros(0, 3), 1.0, 3, dense_limit=dense_limit).contains(queries).any()
 
 

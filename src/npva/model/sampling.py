@@ -133,10 +133,10 @@ class OccupancyGrid:
     points: (P, 3); voxel: voxel side; reach: dilation in voxels. A position x is near the points
     exactly when floor(x / voxel) differs from floor(p / voxel) of some point p by at most `reach` in
     every axis. The voxels live in the points' bounding box padded by `reach`. When that box has at
-    most `dense_limit` voxels (a head at 1 mm: about 40M) they are a dense boolean volume, dilated by
-    three 1-D max-pools, and a lookup is one gather. Otherwise they are a sorted array of keys,
-    dilated one axis at a time (the build never holds more than (2 reach + 1) times the keys of the
-    result), and a lookup is a binary search. Both give the same answers (the tests compare them).
+    most `dense_limit` voxels (a head at 1 mm: about 40M) they are a dense boolean volume, dilated along
+    each axis by ORs with shifted copies, and a lookup is one gather. Otherwise they are a sorted array
+    of keys, dilated one axis at a time (the build never holds more than (2 reach + 1) times the keys of
+    the result), and a lookup is a binary search. Both give the same answers (the tests compare them).
     """
 
     def __init__(self, points: torch.Tensor, voxel: float, reach: int, dense_limit: int = 1 << 27):
@@ -160,20 +160,20 @@ class OccupancyGrid:
             self.keys = self._sparse(vox - self.low, reach)
 
     def _dense(self, cells: torch.Tensor, reach: int) -> torch.Tensor:
-        """(D0, D1, D2) bool volume of the occupied cells (P, 3), dilated by `reach`: along each
-        axis in turn, a voxel is set when its window of 2 reach + 1 voxels holds one (a difference
-        of prefix sums, so the cost does not grow with the reach)."""
-        volume = torch.zeros([int(d) for d in self.dims], dtype=torch.int32, device=self.device)
-        volume[cells[:, 0], cells[:, 1], cells[:, 2]] = 1
+        """(D0, D1, D2) bool volume of the occupied cells (P, 3), dilated by `reach` along each axis in
+        turn by ORs with shifted copies: shifts of 1, 2, 4, ... widen the window by that much on each
+        side, so the cost grows with log2(reach)."""
+        volume = torch.zeros([int(d) for d in self.dims], dtype=torch.bool, device=self.device)
+        volume[cells[:, 0], cells[:, 1], cells[:, 2]] = True
         for axis in range(3):
-            length = volume.shape[axis]
-            first = torch.zeros_like(volume.narrow(axis, 0, 1))
-            sums = torch.cat((first, volume.cumsum(axis, dtype=torch.int32)), axis)  # sums[i] = v[:i]
-            at = torch.arange(length, device=self.device)
-            hi = sums.index_select(axis, (at + reach + 1).clamp_max(length))
-            lo = sums.index_select(axis, (at - reach).clamp_min(0))
-            volume = (hi > lo).int()
-        return volume.bool()
+            length, covered, shift = volume.shape[axis], 0, 1
+            while covered < reach:
+                step = min(shift, reach - covered, length)
+                dilated = volume.clone()
+                dilated.narrow(axis, step, length - step).logical_or_(volume.narrow(axis, 0, length - step))
+                dilated.narrow(axis, 0, length - step).logical_or_(volume.narrow(axis, step, length - step))
+                volume, covered, shift = dilated, covered + step, 2 * shift
+        return volume
 
     def _sparse(self, cells: torch.Tensor, reach: int) -> torch.Tensor:
         """(V,) sorted keys of the occupied cells (P, 3) dilated by `reach`."""

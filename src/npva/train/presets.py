@@ -92,7 +92,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gep": {"grid_stride_x": 4, "grid_stride_y": 4, "error_rays": 2500, "patch_size": 64},
         "train": {
             "epochs": 35,
-            "steps_per_epoch": 40,
+            "steps_per_epoch": 48,
             "lr": 2e-3,
             "lr_decay_epochs": [25],
             "workers": 1,
