@@ -24,6 +24,7 @@ from torch import nn
 from npva.config import DecoderConfig
 from npva.errors import ConfigError
 from npva.model.encoding import encoded_width, positional_encoding
+from npva.model.init import leaky_gain, xavier_init
 
 OFFSET_CHANNELS = 6  # [p_k - x in world ; p_k - x in camera frame]
 DIRECTION_CHANNELS = 3
@@ -46,23 +47,17 @@ def inverse_distance_weights(
     return inverse / torch.where(total > 0, total, 1.0)
 
 
-def _linear(in_features: int, out_features: int, gain: float) -> nn.Linear:
-    layer = nn.Linear(in_features, out_features)
-    nn.init.xavier_uniform_(layer.weight, gain=gain)
-    nn.init.zeros_(layer.bias)
-    return layer
-
-
 def leaky_mlp(widths: Sequence[int], leaky_slope: float, activate_last: bool) -> nn.Sequential:
     """Linear layers widths[0] -> widths[1] -> ... with LeakyReLU between them (and after the last
     one with `activate_last`). Xavier-uniform weights with the LeakyReLU gain for layers followed by an
     activation, gain 1 otherwise; zero biases."""
-    activation_gain = nn.init.calculate_gain("leaky_relu", leaky_slope)
+    activation_gain = leaky_gain(leaky_slope)
     layers: list[nn.Module] = []
     num_layers = len(widths) - 1
     for i in range(num_layers):
         activated = activate_last or i < num_layers - 1
-        layers.append(_linear(widths[i], widths[i + 1], activation_gain if activated else 1.0))
+        gain = activation_gain if activated else 1.0
+        layers.append(xavier_init(nn.Linear(widths[i], widths[i + 1]), gain))
         if activated:
             layers.append(nn.LeakyReLU(leaky_slope))
     return nn.Sequential(*layers)

@@ -20,6 +20,7 @@ from torch import nn
 
 from npva.config import ModelConfig
 from npva.errors import ConfigError
+from npva.model.init import leaky_gain, xavier_init
 
 IMAGE_CHANNELS = 3  # RGB texture, xyz position map, xyz coarse offset and displacement
 
@@ -129,15 +130,7 @@ def xavier_conv(
     mean face long before they follow the latent (measured: a short run's coarse map never opened the
     jaw). Xavier with the LeakyReLU gain keeps the activations' scale through the layers.
     """
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, bias=bias, **kwargs)
-    nn.init.xavier_uniform_(conv.weight, gain=gain)
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
-    return conv
-
-
-def leaky_gain(leaky_slope: float) -> float:
-    return nn.init.calculate_gain("leaky_relu", leaky_slope)
+    return xavier_init(nn.Conv2d(in_channels, out_channels, kernel_size, bias=bias, **kwargs), gain)
 
 
 def down_block(

@@ -168,7 +168,7 @@ class OccupancyGrid:
         for axis in range(3):
             length, covered, shift = volume.shape[axis], 0, 1
             while covered < reach:
-                step = min(shift, reach - covered, length)
+                step = min(shift, reach - covered)  # the grid's padding keeps length > reach
                 dilated = volume.clone()
                 dilated.narrow(axis, step, length - step).logical_or_(volume.narrow(axis, 0, length - step))
                 dilated.narrow(axis, 0, length - step).logical_or_(volume.narrow(axis, step, length - step))
