@@ -100,6 +100,10 @@ class DecoderConfig:
     density_shift: float = 1.0  # sigma = softplus(raw - shift)
     colour_margin: float = 0.001  # c = (1 + 2 margin) sigmoid(raw) - margin: 1.002 sigmoid - 0.001
     min_distance_mm: float = 1e-6  # inverse-distance weights use max(|p - x|, this)
+    # True: the last 3 feature channels are an RGB colour (model.texture_features) and the colour MLP
+    # corrects it: c = (1 + 2 margin) sigmoid(raw + logit of the blended colour) - margin, with the
+    # MLP's last layer starting at zero, so that the avatar starts as the textured surface.
+    colour_residual: bool = False
     last_delta: float = 1e10  # the last valid sample is made opaque
 
 
@@ -109,6 +113,10 @@ class RenderConfig:
     query: QueryConfig = field(default_factory=QueryConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     chunk_rays: int = 65536  # rays decoded at once; bounds memory for any image size
+    # > 0: cells of the point map whose points lie farther apart than this get extra points in between
+    # (model.densify_points), so that stretched parts of the UV layout (a neck, an open mouth) keep no
+    # holes. 0: one point per texel, as published.
+    densify_mm: float = 0.0
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from npva.geometry.raster import interpolate, rasterize_camera
+from npva.geometry.texture import sample_texture
 from npva.io.multiface import read_image, read_obj
 from npva.io.subject import SubjectLayout
 from npva.train.data import TrainSample
@@ -40,19 +40,6 @@ def mesh_uv_image(layout: SubjectLayout, sample: TrainSample) -> tuple[torch.Ten
     uvs = torch.as_tensor(mesh.uvs, dtype=torch.float32, device=device)
     face_uvs = torch.as_tensor(mesh.face_uvs, dtype=torch.int64, device=device)
     return interpolate(uvs, face_uvs, frags), frags.face_id >= 0
-
-
-def sample_texture(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    """Bilinear lookup: texture (3, T, T) in image layout (row 0 is v = 1), uv (N, 2) -> colours (N, 3).
-
-    Texel (i, j) has its centre at u = (j + 0.5) / T, v = 1 - (i + 0.5) / T; lookups beyond the outer
-    texel centres take the edge texels.
-    """
-    grid = torch.stack((2 * uv[:, 0] - 1, 1 - 2 * uv[:, 1]), dim=-1).to(texture.dtype)
-    colours = F.grid_sample(
-        texture[None], grid[None, None], mode="bilinear", padding_mode="border", align_corners=False
-    )
-    return colours[0, :, 0].T
 
 
 def textured_mesh_image(

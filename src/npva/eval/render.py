@@ -45,7 +45,7 @@ from npva.geometry.mesh import Mesh, to_world
 from npva.io.multiface import write_image, write_obj
 from npva.model.networks import coarse_map
 from npva.model.points import coarse_vertices_world, rasterize_guide
-from npva.model.render import FrameScene, RenderOutput
+from npva.model.render import FrameScene, RenderOutput, decode_at
 from npva.train.avatar import Avatar
 from npva.train.data import AvatarDataset, TrainSample
 
@@ -242,20 +242,13 @@ def coarse_mesh(
 def point_colours(avatar: Avatar, scene: FrameScene, chunk: int = 65536) -> torch.Tensor:
     """(P, 3) colour in [0, 1] of each neural point of `scene`: the radiance decoder at the point,
     with its K nearest points within the radius, looking from the camera centre towards it."""
-    points = scene.points
-    positions = points.positions.detach()
+    positions = scene.points.positions.detach()
     centre = torch.as_tensor(scene.camera.centre, dtype=positions.dtype, device=positions.device)
-    rotation = torch.as_tensor(scene.camera.R, dtype=positions.dtype, device=positions.device)
     colours = []
-    for lo in range(0, len(points), chunk):
+    for lo in range(0, positions.shape[0], chunk):
         at = positions[lo : lo + chunk]  # (N, 3)
-        idx, _ = scene.index.query(at)  # (N, K)
-        safe = idx.clamp_min(0)
-        offsets_world = positions[safe] - at[:, None, :]
         directions = torch.nn.functional.normalize(at - centre, dim=-1)
-        _, rgb = avatar.decoder(
-            points.features[safe].detach(), offsets_world, offsets_world @ rotation.T, idx >= 0, directions
-        )
+        _, rgb = decode_at(scene, avatar.decoder, at, directions)
         colours.append(rgb.float().clamp(0, 1))
     return torch.cat(colours) if colours else positions.new_zeros((0, 3))
 

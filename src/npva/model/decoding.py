@@ -72,6 +72,10 @@ def _check_decoder_config(cfg: DecoderConfig) -> None:
             raise ConfigError(f"DecoderConfig.{name} must be >= 0, got {getattr(cfg, name)}")
     if cfg.min_distance_mm <= 0:
         raise ConfigError(f"DecoderConfig.min_distance_mm must be positive, got {cfg.min_distance_mm}")
+    if cfg.colour_residual and cfg.feature_dim < RGB_CHANNELS:
+        raise ConfigError(
+            f"DecoderConfig.colour_residual needs an RGB colour among the features, got {cfg.feature_dim}"
+        )
 
 
 class _NeighbourDecoder(nn.Module):
@@ -150,17 +154,35 @@ class _NeighbourDecoder(nn.Module):
         code: torch.Tensor,
         ray_dirs: torch.Tensor,
         has_valid: torch.Tensor,
+        base: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """sigma = softplus(raw - shift), rgb = (1 + 2m) sigmoid(raw) - m; zero on empty rows.
+        """sigma = softplus(raw - shift), rgb = (1 + 2m) sigmoid(raw) - m; zero on empty rows. With a
+        base colour (N,3) (cfg.colour_residual), its logit is added to raw first.
 
         code: (N,D); ray_dirs: (N,3); has_valid: (N,) bool. Returns sigma (N,), rgb (N,3).
         """
         cfg = self.cfg
+        margin = cfg.colour_margin
         sigma = F.softplus(density_mlp(code).squeeze(-1) - cfg.density_shift)
         directions = positional_encoding(ray_dirs, cfg.direction_frequencies, include_input=False)
         raw_rgb = colour_mlp(torch.cat([code, directions], dim=-1))
-        rgb = (1 + 2 * cfg.colour_margin) * torch.sigmoid(raw_rgb) - cfg.colour_margin
+        if base is not None:
+            base_logit = torch.logit((base.float().clamp(0, 1) + margin) / (1 + 2 * margin))
+            raw_rgb = raw_rgb + base_logit.to(raw_rgb.dtype)
+        rgb = (1 + 2 * margin) * torch.sigmoid(raw_rgb) - margin
         return torch.where(has_valid, sigma, 0.0), torch.where(has_valid.unsqueeze(-1), rgb, 0.0)
+
+    def _colour_base(self, weights: torch.Tensor, features: torch.Tensor) -> torch.Tensor | None:
+        """With cfg.colour_residual the blended RGB of the last feature channels (N,3), else None.
+        weights (N,K), features (N,K,C) masked."""
+        if not self.cfg.colour_residual:
+            return None
+        return torch.einsum("nk,nkc->nc", weights, features[..., -RGB_CHANNELS:])
+
+    def _start_at_base(self) -> None:
+        """With cfg.colour_residual, zero the colour MLP's last weights: the colour starts as the base."""
+        if self.cfg.colour_residual:
+            nn.init.zeros_(self.colour_mlp[-1].weight)
 
 
 class RadianceDecoder(_NeighbourDecoder):
@@ -178,6 +200,7 @@ class RadianceDecoder(_NeighbourDecoder):
             cfg.leaky_slope,
             False,
         )
+        self._start_at_base()
 
     def forward(
         self,
@@ -193,7 +216,8 @@ class RadianceDecoder(_NeighbourDecoder):
         mean_feature = torch.einsum("nk,nkc->nc", weights, features)
         mean_offset = torch.einsum("nk,nkc->nc", weights, offsets)
         code = self._shading_code(mean_feature, mean_offset)
-        return self._radiance(self.density_mlp, self.colour_mlp, code, ray_dirs, valid.any(-1))
+        base = self._colour_base(weights, features)
+        return self._radiance(self.density_mlp, self.colour_mlp, code, ray_dirs, valid.any(-1), base)
 
 
 class PointNeRFDecoder(_NeighbourDecoder):
@@ -215,6 +239,7 @@ class PointNeRFDecoder(_NeighbourDecoder):
             cfg.leaky_slope,
             False,
         )
+        self._start_at_base()
 
     def forward(
         self,
@@ -229,7 +254,8 @@ class PointNeRFDecoder(_NeighbourDecoder):
         features, offsets = self._masked_neighbours(features, offsets_world, offsets_camera, valid)
         per_neighbour = self.neighbour_mlp(self._shading_code(features, offsets))  # (N,K,hidden)
         blended = torch.einsum("nk,nkc->nc", weights, per_neighbour)
-        return self._radiance(self.density_mlp, self.colour_mlp, blended, ray_dirs, valid.any(-1))
+        base = self._colour_base(weights, features)
+        return self._radiance(self.density_mlp, self.colour_mlp, blended, ray_dirs, valid.any(-1), base)
 
 
 DECODER_VARIANTS = {"lightweight": RadianceDecoder, "pointnerf": PointNeRFDecoder}

@@ -76,6 +76,51 @@ def build_neural_points(
     return NeuralPoints(positions=positions, features=feats, texel_index=texel_index)
 
 
+def densify_points(points: NeuralPoints, size: int, spacing: float) -> NeuralPoints:
+    """The points plus extra ones where neighbouring points of the P x P map lie too far apart.
+
+    points: of a P x P point map (size = P); texel_index says which texels they hold. A cell of the
+    map (texels (i, j), (i, j+1), (i+1, j), (i+1, j+1), all present) whose longer row side is a and
+    longer column side b, with max(a, b) > spacing, gets an n_a x n_b lattice of points at the centres
+    of its n_a x n_b split, n = ceil(side / spacing), so that every spot of the cell lies about
+    spacing / sqrt(2) or less from a point. The extra points' positions and features are bilinear in
+    the corners' (differentiable) and their texel_index is the cell's first corner. They follow the
+    original points, so points[:len(original)] is unchanged.
+    """
+    if spacing <= 0:
+        raise ValueError(f"densify spacing must be positive, got {spacing}")
+    device = points.positions.device
+    slot = torch.full((size * size,), -1, dtype=torch.long, device=device)
+    slot[points.texel_index] = torch.arange(len(points), device=device)
+    slot = slot.reshape(size, size)
+    corners = torch.stack((slot[:-1, :-1], slot[:-1, 1:], slot[1:, :-1], slot[1:, 1:]), -1)  # (P-1, P-1, 4)
+    corners = corners[(corners >= 0).all(-1)]  # (C, 4): top-left, top-right, bottom-left, bottom-right
+    pos = points.positions.detach()[corners]  # (C, 4, 3)
+    along_row = torch.maximum((pos[:, 1] - pos[:, 0]).norm(dim=-1), (pos[:, 3] - pos[:, 2]).norm(dim=-1))
+    along_col = torch.maximum((pos[:, 2] - pos[:, 0]).norm(dim=-1), (pos[:, 3] - pos[:, 1]).norm(dim=-1))
+    stretched = torch.maximum(along_row, along_col) > spacing
+    corners = corners[stretched]
+    cols = torch.ceil(along_row[stretched] / spacing).long().clamp_min(1)  # (C',) splits along a row
+    rows = torch.ceil(along_col[stretched] / spacing).long().clamp_min(1)
+    count = rows * cols
+    cell = torch.repeat_interleave(torch.arange(count.numel(), device=device), count)  # (M,)
+    local = torch.arange(cell.numel(), device=device) - (torch.cumsum(count, 0) - count)[cell]
+    dtype = points.positions.dtype
+    down = ((local // cols[cell]).to(dtype) + 0.5) / rows[cell].to(dtype)  # (M,) in (0, 1)
+    right = ((local % cols[cell]).to(dtype) + 0.5) / cols[cell].to(dtype)
+    weights = torch.stack(
+        ((1 - down) * (1 - right), (1 - down) * right, down * (1 - right), down * right), -1
+    )  # (M, 4)
+    cell_corners = corners[cell]  # (M, 4)
+    positions = (weights[..., None] * points.positions[cell_corners]).sum(1)
+    features = (weights[..., None].to(points.features.dtype) * points.features[cell_corners]).sum(1)
+    return NeuralPoints(
+        positions=torch.cat((points.positions, positions)),
+        features=torch.cat((points.features, features)),
+        texel_index=torch.cat((points.texel_index, points.texel_index[cell_corners[:, 0]])),
+    )
+
+
 def coarse_vertices_world(
     coarse_map: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor
 ) -> torch.Tensor:

@@ -28,6 +28,7 @@ from npva.model.points import (
     NeuralPoints,
     build_neural_points,
     coarse_vertices_world,
+    densify_points,
     point_texel_mask,
     rasterize_guide,
 )
@@ -162,6 +163,8 @@ def build_scene(
     size = maps.displacement.shape[-1]
     mask = point_texel_mask(template.coverage, size) if mask_points else None
     points = build_neural_points(coarse, maps.displacement[0], maps.features[0], rotation, translation, mask)
+    if cfg.densify_mm > 0:
+        points = densify_points(points, size, cfg.densify_mm)
     detached = points.positions.detach()
     with stage("sampling_query"):
         index = build_neighbour_index(
@@ -232,7 +235,7 @@ def _render_chunk(
     background: torch.Tensor,
 ) -> RayBatch:
     """One chunk of rays: pixels (R, 2), camera centre (3,), unit ray_dirs (R, 3), background (R, 3)."""
-    camera, points = scene.camera, scene.points
+    camera = scene.camera
     device = pixels.device
     with stage("sampling_query"):
         cand_z, cand_valid = depth_guided_candidates(
@@ -247,9 +250,7 @@ def _render_chunk(
     sigma = shading.z.new_zeros(shading.z.shape)
     rgb = shading.z.new_zeros((*shading.z.shape, 3))
     if samples.shape[0] > 0:
-        sample_sigma, sample_rgb = _decode_samples(
-            points, scene.index, decoder, samples, ray_dirs[ray_of_sample], camera
-        )
+        sample_sigma, sample_rgb = decode_at(scene, decoder, samples, ray_dirs[ray_of_sample])
         sigma = sigma.index_put((ray_of_sample, slot_of_sample), sample_sigma)
         rgb = rgb.index_put((ray_of_sample, slot_of_sample), sample_rgb)
     with stage("decoding"):
@@ -259,17 +260,17 @@ def _render_chunk(
     return RayBatch(colour, depth, opacity, shading.counts, guide)
 
 
-def _decode_samples(
-    points: NeuralPoints,
-    index: NeighbourIndex | KDTreeIndex,
+def decode_at(
+    scene: FrameScene,
     decoder: torch.nn.Module,
     samples: torch.Tensor,
     ray_dirs: torch.Tensor,
-    camera: Camera,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """sigma (N,), rgb (N, 3) at shading points samples (N, 3) seen along ray_dirs (N, 3)."""
+    """sigma (N,), rgb (N, 3) from `decoder` at points samples (N, 3) seen along ray_dirs (N, 3), with
+    their K nearest neural points of `scene`."""
+    points, camera = scene.points, scene.camera
     with stage("sampling_query"):
-        idx, _ = index.query(samples)  # (N, K)
+        idx, _ = scene.index.query(samples)  # (N, K)
     with stage("decoding"):
         valid = idx >= 0
         safe = idx.clamp_min(0)

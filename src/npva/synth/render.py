@@ -16,6 +16,7 @@ import torch
 from npva.geometry.camera import Camera, look_at
 from npva.geometry.mesh import to_world, vertex_normals
 from npva.geometry.raster import interpolate, rasterize_camera
+from npva.geometry.texture import sample_texture
 from npva.synth.albedo import Look, part_albedo
 from npva.synth.parts import CAVITY, EYE, SKIN, TEETH, TONGUE, Part
 
@@ -123,16 +124,6 @@ class View:
     material_ss: np.ndarray
 
 
-def sample_texture(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    """Bilinear lookup of texture (S, S, 3) in UV image layout (row 0 at v = 1) at uv (N, 2) -> (N, 3)."""
-    grid = torch.stack((2.0 * uv[:, 0] - 1.0, 1.0 - 2.0 * uv[:, 1]), -1).view(1, 1, -1, 2)
-    image = texture.permute(2, 0, 1)[None]
-    sampled = torch.nn.functional.grid_sample(
-        image, grid, mode="bilinear", padding_mode="border", align_corners=False
-    )
-    return sampled[0, :, 0].T
-
-
 def shade(
     albedo: torch.Tensor,
     normal: torch.Tensor,
@@ -188,7 +179,7 @@ def render_view(
 
     albedo = torch.from_numpy(part_albedo(material.numpy(), params.double().numpy(), look)).float()
     skin = material == SKIN
-    albedo[skin] = sample_texture(skin_texture, params[skin, :2])
+    albedo[skin] = sample_texture(skin_texture.permute(2, 0, 1), params[skin, :2])
     colour = shade(albedo, normal, material, scene.occlusion[ids], to_eye if specular else None)
 
     image = torch.as_tensor(BACKGROUND, dtype=torch.float32).repeat(hs * ws, 1)

@@ -110,6 +110,11 @@ class Avatar(nn.Module):
                 f"model.feature_channels ({model.feature_channels[-1]})"
                 + (", plus 3 for model.texture_features" if model.texture_features else "")
             )
+        if render.decoder.colour_residual and not model.texture_features:
+            raise NpvaError(
+                "render.decoder.colour_residual corrects the texture colour of the point features: "
+                "it needs model.texture_features"
+            )
         self.render_config = render
         self.background_mode = background
         self.network = AvatarNetwork(model)

@@ -83,12 +83,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "max_samples": 8,
             },
             "query": {"radius_mm": 5.0},
-            "decoder": {"feature_dim": 16 + 3, "hidden": 64, "pointnerf_hidden": 64},
+            "decoder": {"feature_dim": 16 + 3, "hidden": 64, "pointnerf_hidden": 64, "colour_residual": True},
+            # The synthetic layout stretches the lower neck (cells up to 16 mm) and the open mouth.
+            "densify_mm": 6.0,
         },
         "data": {"texture_size": 128},
         # The mouth texels follow the tracked mesh too: the appended texture is laid out on its surface,
-        # and a short run does not learn their place from the photos alone.
-        "loss": {"mesh_mouth_weight": 1.0},
+        # and a short run does not learn their place from the photos alone. Against the smoothness term,
+        # which pulls the open lips together, they need a weight well above the other texels'.
+        "loss": {"mesh_mouth_weight": 10.0},
         "gep": {"grid_stride_x": 4, "grid_stride_y": 4, "error_rays": 2500, "patch_size": 64},
         "train": {
             "epochs": 35,
