@@ -234,6 +234,30 @@ def test_gradients_reach_every_parameter_features_and_offsets(decoder_class):
         assert (grad.abs().sum(-1) > 0).all(), name
 
 
+@pytest.mark.parametrize("decoder_class", DECODERS)
+def test_colour_residual_starts_at_the_blended_texture_colour(decoder_class):
+    torch.manual_seed(0)
+    decoder = decoder_class(small_config(colour_residual=True))
+    inputs = random_inputs(16, 5, 4, seed=2)
+    inputs["features"][..., 1:] = torch.rand(16, 5, 3)  # the last 3 channels: an RGB colour
+    weights = inverse_distance_weights(inputs["offsets_world"], inputs["valid"], 1e-6)
+    blended = torch.einsum("nk,nkc->nc", weights, inputs["features"][..., 1:])
+    sigma, rgb = decoder(**inputs)
+    has_valid = inputs["valid"].any(1)
+    torch.testing.assert_close(rgb[has_valid], blended[has_valid], atol=1e-5, rtol=0)
+    assert (rgb[~has_valid] == 0).all()
+    # Trained away from zero, the MLP corrects the colour, which stays within the margin.
+    with torch.no_grad():
+        decoder.colour_mlp[-1].weight.normal_(0, 3.0)
+        _, corrected = decoder(**inputs)
+    assert (corrected[has_valid] - blended[has_valid]).abs().max() > 0.1
+    assert (corrected >= -0.001).all() and (corrected <= 1.001).all()
+    plain = decoder_class(small_config())
+    assert plain.colour_mlp[-1].weight.abs().sum() > 0
+    with pytest.raises(ConfigError, match="colour_residual needs an RGB colour"):
+        decoder_class(small_config(feature_dim=2, colour_residual=True))
+
+
 def test_published_widths_and_initialization():
     torch.manual_seed(0)
     decoder = RadianceDecoder(DecoderConfig())

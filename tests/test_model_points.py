@@ -10,8 +10,10 @@ import torch
 from npva.geometry.camera import Camera
 from npva.geometry.mesh import uv_grid_faces
 from npva.model.points import (
+    NeuralPoints,
     build_neural_points,
     coarse_vertices_world,
+    densify_points,
     point_texel_mask,
     rasterize_guide,
     upsample_coarse_map,
@@ -87,3 +89,63 @@ def test_guide_depth_of_a_plane_and_its_gradient():
     assert torch.allclose(depth[covered], torch.tensor(400.0))
     depth.sum().backward()
     assert coarse.grad[2].abs().sum() > 0  # the depth moves with the coarse map's z
+
+
+def _stretched_map(size: int = 6) -> torch.Tensor:
+    """(3, size, size) a plane whose texels lie 1 mm apart along the rows, and 1 mm apart down the
+    columns except between rows 2 and 3, which lie 7 mm apart (a stretch of the UV layout)."""
+    steps = torch.ones(size - 1)
+    steps[2] = 7.0
+    ys = torch.cat((torch.zeros(1), torch.cumsum(steps, 0)))
+    gy, gx = torch.meshgrid(ys, torch.arange(size, dtype=torch.float32), indexing="ij")
+    return torch.stack((gx, gy, torch.zeros_like(gx)))
+
+
+def _points_of(face: torch.Tensor, features: torch.Tensor, mask: torch.Tensor | None = None) -> NeuralPoints:
+    size = face.shape[-1]
+    index = torch.arange(size * size)
+    if mask is not None:
+        index = index[mask.reshape(-1)]
+    return NeuralPoints(face.reshape(3, -1).T[index], features.reshape(features.shape[0], -1).T[index], index)
+
+
+def test_densify_fills_only_the_stretched_cells_to_the_spacing():
+    face = _stretched_map()
+    features = torch.randn(4, 6, 6)
+    points = _points_of(face, features)
+    dense = densify_points(points, 6, spacing=2.0)
+    # Only the 5 cells between rows 2 and 3 are longer than 2 mm: each gets 1 x ceil(7 / 2) = 4 points
+    # at the centres of its split, bilinear in the corners' features.
+    assert len(dense) == 36 + 5 * 4
+    assert torch.equal(dense.positions[:36], points.positions)
+    assert torch.equal(dense.features[:36], points.features)
+    extra = dense.positions[36:]
+    assert torch.allclose(extra[:4, 1], 2.0 + 7.0 * (torch.arange(4) + 0.5) / 4)
+    assert torch.allclose(extra[:, 0], (torch.arange(5) + 0.5).repeat_interleave(4))
+    down = (extra[:4, 1] - 2.0) / 7.0
+    left, right = features[:, 2, 0], features[:, 3, 0]  # corners (2, 0) and (3, 0)
+    left1, right1 = features[:, 2, 1], features[:, 3, 1]
+    expected = 0.5 * ((1 - down)[:, None] * (left + left1) + down[:, None] * (right + right1))
+    torch.testing.assert_close(dense.features[36:40], expected)
+    assert dense.texel_index[36:].tolist() == [2 * 6 + j for j in range(5) for _ in range(4)]
+    # Every spot of the stretched band now lies within spacing / sqrt(2) of a point.
+    spots = torch.stack((torch.rand(2000) * 5, 2.0 + torch.rand(2000) * 7, torch.zeros(2000)), -1)
+    nearest = torch.cdist(spots, dense.positions).min(1).values
+    assert nearest.max() <= 2.0 / math.sqrt(2) + 1e-5
+    assert torch.cdist(spots, points.positions).min(1).values.max() > 3.0
+
+
+def test_densify_skips_cells_with_a_missing_texel_and_passes_gradients():
+    face = _stretched_map()
+    mask = torch.ones(6, 6, dtype=torch.bool)
+    mask[3, 0] = False  # the first stretched cell loses a corner
+    features = torch.randn(2, 6, 6, requires_grad=True)
+    positions = face.clone().requires_grad_()
+    points = _points_of(positions, features, mask)
+    dense = densify_points(points, 6, spacing=2.0)
+    assert len(dense) == 35 + 4 * 4
+    (dense.positions[35:].sum() + dense.features[35:].pow(2).sum()).backward()
+    assert positions.grad[:, 2:4, 1:].abs().sum() > 0 and features.grad[:, 2:4, 1:].abs().sum() > 0
+    assert (positions.grad[:, :2] == 0).all()  # only the stretched cells' corners feed the extra points
+    unchanged = densify_points(points, 6, spacing=8.0)
+    assert len(unchanged) == len(points)

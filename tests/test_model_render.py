@@ -217,3 +217,33 @@ def test_render_on_cuda_matches_cpu(monkeypatch):
     colour_error = (gpu.rays.colour.cpu() - cpu.rays.colour).abs().amax(1)
     assert (colour_error < 1e-3).float().mean() > 0.95
     assert colour_error.median() < 1e-4
+
+
+def test_densified_points_close_the_holes_of_a_stretched_layout():
+    # A 60 mm plane facing the camera whose UV layout gives the band between texel rows 7 and 8 of the
+    # coarse map 24 mm: the points there lie about 10 mm apart, too far for the 4 mm neighbour radius.
+    u = (torch.arange(UV) + 0.5) / UV
+    v, u = torch.meshgrid(u, u, indexing="ij")
+    rows = torch.arange(UV, dtype=torch.float32)
+    y = 30 - 2.4 * rows - 24 * (rows >= 8)
+    mean = torch.stack(((u - 0.5) * 60, y[:, None].expand(UV, UV), torch.zeros(UV, UV)))
+    template = UVTemplate.from_coverage(mean, std=1.0, coverage=torch.ones(UV, UV, dtype=torch.bool))
+    torch.manual_seed(0)
+    maps = DecodedMaps(
+        coarse_offset=torch.zeros(1, 3, UV, UV),
+        displacement=torch.zeros(1, 3, POINTS, POINTS),
+        features=torch.randn(1, 4, POINTS, POINTS),
+    )
+    K = np.array([[600.0, 0, 24], [0, 600.0, 24], [0, 0, 1]])
+    camera = look_at("front", np.array([0.0, 0, 400]), np.zeros(3), np.array([0, 1.0, 0]), K, 48, 48)
+    band = torch.tensor([[x, y] for y in range(20, 30) for x in range(16, 32)])  # world y 1 to -11 mm
+    decoder = make_radiance_decoder(DECODER)
+    sampled = {}
+    for spacing in (0.0, 2.0):
+        cfg = replace(RENDER, densify_mm=spacing)
+        scene = build_scene(maps, template, torch.eye(3), torch.zeros(3), camera, cfg)
+        assert (scene.guide_depth[20:30, 16:32] > 0).all()  # the guide mesh spans the band
+        with torch.no_grad():
+            rays = render_rays(scene, decoder, band, cfg)
+        sampled[spacing] = (rays.num_samples > 0).float().mean().item()
+    assert sampled[0.0] < 0.8 and sampled[2.0] == 1.0

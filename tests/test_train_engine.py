@@ -243,6 +243,11 @@ def test_decoder_feature_dim_must_count_the_texture_features():
         Avatar(config.model, config.render, template, mouth, "black")
     config = apply_overrides(config, ["render.decoder.feature_dim=11"])
     assert Avatar(config.model, config.render, template, mouth, "black").decoder.cfg.feature_dim == 11
+    plain = apply_overrides(preset_config("tiny"), ["render.decoder.colour_residual=true"])
+    with pytest.raises(NpvaError, match="colour_residual .* needs model.texture_features"):
+        Avatar(plain.model, plain.render, template, mouth, "black")
+    config = apply_overrides(config, ["render.decoder.colour_residual=true"])
+    assert Avatar(config.model, config.render, template, mouth, "black").decoder.cfg.colour_residual
 
 
 # ---- data order and backgrounds -------------------------------------------------------------------
