@@ -114,8 +114,8 @@ class RenderConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     chunk_rays: int = 65536  # rays decoded at once; bounds memory for any image size
     # > 0: cells of the point map whose points lie farther apart than this get extra points in between
-    # (model.densify_points), so that stretched parts of the UV layout (a neck, an open mouth) keep no
-    # holes. 0: one point per texel, as published.
+    # (npva.model.points.densify_points), so that stretched parts of the UV layout (a neck, an open
+    # mouth) keep no holes. 0: one point per texel, as published.
     densify_mm: float = 0.0
 
 
