@@ -175,6 +175,7 @@ class LossConfig:
 
     rgb_weight: float = 5.0
     lpips_weight: float = 0.1  # patch phase only
+    ssim_weight: float = 0.0  # 1 - SSIM of the patch, patch phase only (not in the method)
     depth_weight: float = 0.1
     rast_depth_weight: float = 0.2
     mesh_weight: float = 0.2

@@ -3,6 +3,8 @@
 Exact definitions (weights and constants in LossConfig):
 - rgb: mean over rays of the Euclidean norm of the colour error.
 - lpips: perceptual distance between the rendered patch and the photo patch (patch phase only).
+- ssim: 1 - SSIM of the rendered patch against the photo patch, the SSIM of the metrics (Gaussian
+  window 11, sigma 1.5), averaged over the patch (patch phase only; 0 in the method).
 - depth / rast_depth: mean of |D - D_mvs| over the rays whose MVS depth is known (> 0) and whose
   |D - D_mvs| is below depth_threshold_mm; D is the composited depth, or the rasterized guide depth.
   (The authors' code divides the sum by all rays; a mean over the rays used does not shrink with them.)
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from npva.config import LossConfig
+from npva.eval.metrics import ssim
 from npva.model.networks import kl_divergence
 
 __all__ = [
@@ -143,6 +146,7 @@ class LossTerms:
 
     rgb: torch.Tensor | None = None
     lpips: torch.Tensor | None = None
+    ssim: torch.Tensor | None = None
     depth: torch.Tensor | None = None
     rast_depth: torch.Tensor | None = None
     mesh: torch.Tensor | None = None
@@ -196,7 +200,8 @@ def compute_losses(
     (0 = unknown). Maps: coarse, posmap (3, S, S) face frame mm; coverage, mouth (S, S) bool;
     displacement (3, P, P); mu, logstd: the posterior. A term with a non-zero weight needs its inputs.
     patch_shape (h, w): the rays form a patch, row by row (patch phase): adds the perceptual term,
-    computed by `perceptual` (a PerceptualLoss) when lpips_weight is non-zero.
+    computed by `perceptual` (a PerceptualLoss) when lpips_weight is non-zero, and 1 - SSIM of the
+    patch when ssim_weight is non-zero.
     """
     terms = LossTerms()
     if config.rgb_weight:
@@ -204,6 +209,9 @@ def compute_losses(
     if config.lpips_weight and patch_shape is not None:
         network = _needed(perceptual, "perceptual network", "lpips")
         terms.lpips = network(patch_image(colour, patch_shape), patch_image(target, patch_shape))
+    if config.ssim_weight and patch_shape is not None:
+        h, w = patch_shape
+        terms.ssim = 1 - ssim(colour.reshape(h, w, 3), target.reshape(h, w, 3)).mean()
     if config.depth_weight:
         reference = _needed(mvs_depth, "mvs_depth", "depth")
         terms.depth = depth_loss(_needed(depth, "depth", "depth"), reference, config.depth_threshold_mm)

@@ -91,7 +91,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         # The mouth texels follow the tracked mesh too: the appended texture is laid out on its surface,
         # and a short run does not learn their place from the photos alone. Against the smoothness term,
         # which pulls the open lips together, they need a weight well above the other texels'.
-        "loss": {"mesh_mouth_weight": 10.0},
+        # SSIM on the patches keeps edges that the colour error alone blurs (teeth, lips, eyes).
+        "loss": {"mesh_mouth_weight": 10.0, "ssim_weight": 3.0},
         "gep": {"grid_stride_x": 4, "grid_stride_y": 4, "error_rays": 2500, "patch_size": 64},
         "train": {
             "epochs": 35,
