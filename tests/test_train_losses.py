@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from npva.config import LossConfig
 from npva.errors import FormatError, NpvaError
+from npva.eval.ssim import ssim
 from npva.train import perceptual
 from npva.train.losses import (
     colour_error,
@@ -180,6 +181,24 @@ def test_compute_losses_patch_phase_and_missing_inputs():
         compute_losses(config, **{k: v for k, v in inputs.items() if k != "mouth"})
     with pytest.raises(ValueError, match="perceptual"):
         compute_losses(config, **inputs, patch_shape=(4, 4))
+
+
+def test_ssim_term_on_patches_only():
+    generator = torch.Generator().manual_seed(2)
+    target = _test_image(8)[0].permute(1, 2, 0).reshape(64, 3)
+    colour = (target + 0.2 * torch.randn(64, 3, generator=generator)).clamp(0, 1).requires_grad_()
+    others = ("lpips", "depth", "rast_depth", "mesh", "smooth", "kl", "displacement")
+    config = LossConfig(**{f"{name}_weight": 0.0 for name in others}, ssim_weight=3.0)
+    _, terms = compute_losses(config, colour=colour, target=target)
+    assert "ssim" not in terms  # not a patch
+    total, terms = compute_losses(config, colour=colour, target=target, patch_shape=(8, 8))
+    expected = 1 - ssim(colour.detach().reshape(8, 8, 3), target.reshape(8, 8, 3)).mean()
+    assert terms["ssim"].item() == pytest.approx(expected.item()) and expected > 0.05
+    assert total.item() == pytest.approx(5 * terms["rgb"].item() + 3 * expected.item(), rel=1e-5)
+    total.backward()
+    assert colour.grad.abs().sum() > 0
+    _, same = compute_losses(config, colour=target, target=target, patch_shape=(8, 8))
+    assert same["ssim"].item() == pytest.approx(0.0, abs=1e-6)
 
 
 # ---- perceptual ------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from npva.config import LossConfig
-from npva.eval.metrics import ssim
+from npva.eval.ssim import ssim
 from npva.model.networks import kl_divergence
 
 __all__ = [
