@@ -17,10 +17,20 @@ from npva.synth.head import Expression, HeadIdentity, HeadShape
 from npva.synth.noise import ValueNoise
 from npva.synth.parts import HairStyle, MouthInterior, eyeballs, hair_strands, neck_cap
 from npva.synth.render import Scene, View, build_scene, face_camera, mvs_depth, render_view
-from npva.synth.scene import SEQUENCES, FrameKey, Preset, Timing, dome_camera, head_pose
+from npva.synth.scene import (
+    SEQUENCES,
+    FrameKey,
+    Preset,
+    Timing,
+    dome_camera,
+    frontal_directions,
+    head_pose,
+)
 from npva.synth.texture import AverageTexture
 
 _STREAMS = ("identity", "look", "skin_noise", "hair", "timing", "pose")
+# The average texture is taken over views from the dome cameras within this angle of head-on (13).
+TEXTURE_VIEW_ANGLE_DEG = 30.0
 
 
 class _GridSurface:
@@ -117,8 +127,10 @@ class SyntheticCapture:
         self, expr: Expression, pose: tuple[np.ndarray, np.ndarray], scene: Scene, mesh: Mesh
     ) -> np.ndarray:
         """(S, S, 3) view-averaged texture of a frame (see texture.py)."""
-        camera = face_camera(pose, max(128, self.preset.texture_size // 2))
-        view = render_view(
-            scene, camera, camera.height, camera.width, 1, self.skin_texture, self.look, specular=False
-        )
-        return self.texture.render(expr, pose, torch.from_numpy(mesh.verts), view, camera)
+        size = max(128, self.preset.texture_size // 2)
+        views = []
+        for elevation, azimuth in frontal_directions(TEXTURE_VIEW_ANGLE_DEG):
+            camera = face_camera(pose, size, elevation, azimuth)
+            view = render_view(scene, camera, size, size, 1, self.skin_texture, self.look, specular=False)
+            views.append((view, camera))
+        return self.texture.render(expr, pose, torch.from_numpy(mesh.verts), views)

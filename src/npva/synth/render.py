@@ -216,12 +216,19 @@ def mvs_depth(view: View, supersample: int, rng: np.random.Generator) -> np.ndar
     return np.where(known, metres, 0.0).astype(np.float32)
 
 
-def face_camera(pose: tuple[np.ndarray, np.ndarray], size: int) -> Camera:
-    """A narrow camera 600 mm in front of the face that follows the head pose and sees the face
-    (170 mm across) head-on: what the capture cameras see of the eyes and through the open mouth."""
+def face_camera(
+    pose: tuple[np.ndarray, np.ndarray], size: int, elevation_deg: float = 0.0, azimuth_deg: float = 0.0
+) -> Camera:
+    """A narrow camera 600 mm from the face that follows the head pose and sees the face (170 mm
+    across), from the face-frame direction (elevation, azimuth): (0, 0) is head-on, positive elevation
+    above, positive azimuth towards +x. What a capture camera sees of the eyes and through the mouth."""
     R, t = pose
+    elevation, azimuth = np.deg2rad(elevation_deg), np.deg2rad(azimuth_deg)
+    direction = np.array(
+        [np.sin(azimuth) * np.cos(elevation), np.sin(elevation), np.cos(azimuth) * np.cos(elevation)]
+    )
     target = R @ FACE_VIEW_CENTRE + t
-    centre = R @ (FACE_VIEW_CENTRE + np.array([0.0, 0.0, 600.0])) + t
+    centre = R @ (FACE_VIEW_CENTRE + 600.0 * direction) + t
     focal = size * 600.0 / 170.0
     K = np.array([[focal, 0.0, size / 2], [0.0, focal, size / 2], [0.0, 0.0, 1.0]])
     return look_at("face", centre, target, R @ np.array([0.0, 1.0, 0.0]), K, size, size)

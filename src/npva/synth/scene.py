@@ -37,6 +37,16 @@ def _dome_positions() -> dict[str, tuple[float, float]]:
     return dict(zip(CAMERA_NAMES, angles, strict=True))
 
 
+def frontal_directions(max_angle_deg: float) -> tuple[tuple[float, float], ...]:
+    """(elevation, azimuth) in degrees of the dome cameras within max_angle_deg of head-on."""
+    limit = np.cos(np.deg2rad(max_angle_deg))
+    return tuple(
+        (elevation, azimuth)
+        for elevation, azimuth in _dome_positions().values()
+        if np.cos(np.deg2rad(elevation)) * np.cos(np.deg2rad(azimuth)) >= limit - 1e-9
+    )
+
+
 def dome_camera(name: str, height: int, width: int) -> Camera:
     """Camera `name` of the fixed dome, with intrinsics for images of (height, width).
 

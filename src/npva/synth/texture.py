@@ -5,10 +5,14 @@ albedo times the (view-independent) diffuse shading of the true surface; where t
 the open mouth, the cameras see the mouth interior behind it. Here each texel of the coarse UV layout
 is the albedo of the true surface at its grid coordinates times its diffuse shading; texels around the
 eyes and the mouth whose coarse point is seen in front of an eyeball, teeth, cavity or tongue take
-that colour from a head-on view of the scene instead.
+that colour instead, averaged over views of the scene from the directions of the dome cameras that face
+the head (within 30 degrees of head-on): as in a capture, the mouth interior, seen with parallax behind
+the tracked surface, is blurred by the average.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -52,13 +56,14 @@ class AverageTexture:
         expr: Expression,
         pose: tuple[np.ndarray, np.ndarray],
         coarse_world: torch.Tensor,
-        face_view: View,
-        face_camera: Camera,
+        face_views: Sequence[tuple[View, Camera]],
     ) -> np.ndarray:
         """(size, size, 3) float texture of one frame; 0 outside the UV layout.
 
-        coarse_world: (V, 3) tracked mesh in the world; face_view: diffuse render of the scene from
-        face_camera (see render.face_camera)."""
+        coarse_world: (V, 3) tracked mesh in the world; face_views: diffuse renders of the scene and
+        the face cameras they come from (see render.face_camera). Each view gives a texel near an
+        opening the colour it sees through the texel's coarse point where that is an eyeball, teeth,
+        cavity or tongue, else the texel's shaded albedo; the texture is the mean over the views."""
         R, _ = pose
         centre, along_u, along_s = (
             self.shape.deform(p, theta_of_u(a), phi_of_s(b), self.side, expr)
@@ -67,16 +72,18 @@ class AverageTexture:
         normal = np.cross(along_s - centre, along_u - centre)  # outward (see grid.ParamGrid.faces)
         normal = torch.from_numpy(normal / np.linalg.norm(normal, axis=1, keepdims=True) @ R.T).float()
         material = torch.full((len(normal),), SKIN)
-        colour = shade(self.albedo, normal, material, torch.ones(len(normal)))
-        colour = colour.numpy()
+        colour = shade(self.albedo, normal, material, torch.ones(len(normal))).numpy()
 
         texel_world = interpolate(coarse_world, self.faces, self.frags)[self.rows, self.cols]
         pick = np.flatnonzero(self.near_openings)
-        pixel, _ = project(texel_world[pick].double(), face_camera)
-        col = np.clip(pixel[:, 0].numpy().astype(int), 0, face_camera.width - 1)
-        row = np.clip(pixel[:, 1].numpy().astype(int), 0, face_camera.height - 1)
-        behind = np.isin(face_view.material_ss[row, col], SEEN_THROUGH)
-        colour[pick[behind]] = face_view.image[row[behind], col[behind]]
+        seen = np.zeros((len(pick), 3), dtype=np.float64)
+        for view, camera in face_views:
+            pixel, _ = project(texel_world[pick].double(), camera)
+            col = np.clip(pixel[:, 0].numpy().astype(int), 0, camera.width - 1)
+            row = np.clip(pixel[:, 1].numpy().astype(int), 0, camera.height - 1)
+            behind = np.isin(view.material_ss[row, col], SEEN_THROUGH)
+            seen += np.where(behind[:, None], view.image[row, col], colour[pick])
+        colour[pick] = seen / len(face_views)
 
         texture = np.zeros((self.size, self.size, 3), dtype=np.float32)
         texture[self.rows, self.cols] = np.clip(colour, 0.0, 1.0)
