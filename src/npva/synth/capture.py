@@ -127,10 +127,14 @@ class SyntheticCapture:
         self, expr: Expression, pose: tuple[np.ndarray, np.ndarray], scene: Scene, mesh: Mesh
     ) -> np.ndarray:
         """(S, S, 3) view-averaged texture of a frame (see texture.py)."""
+        return self.texture.render(expr, pose, torch.from_numpy(mesh.verts), self.face_views(pose, scene))
+
+    def face_views(self, pose: tuple[np.ndarray, np.ndarray], scene: Scene) -> list[tuple[View, Camera]]:
+        """Diffuse renders of the scene from the face cameras the average texture is taken over."""
         size = max(128, self.preset.texture_size // 2)
         views = []
         for elevation, azimuth in frontal_directions(TEXTURE_VIEW_ANGLE_DEG):
             camera = face_camera(pose, size, elevation, azimuth)
             view = render_view(scene, camera, size, size, 1, self.skin_texture, self.look, specular=False)
             views.append((view, camera))
-        return self.texture.render(expr, pose, torch.from_numpy(mesh.verts), views)
+        return views
