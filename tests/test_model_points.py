@@ -10,6 +10,7 @@ import torch
 from npva.geometry.camera import Camera
 from npva.geometry.mesh import uv_grid_faces
 from npva.model.points import (
+    MAX_DENSIFY_SPLITS,
     NeuralPoints,
     build_neural_points,
     coarse_vertices_world,
@@ -149,3 +150,12 @@ def test_densify_skips_cells_with_a_missing_texel_and_passes_gradients():
     assert (positions.grad[:, :2] == 0).all()  # only the stretched cells' corners feed the extra points
     unchanged = densify_points(points, 6, spacing=8.0)
     assert len(unchanged) == len(points)
+
+
+def test_densify_caps_the_points_of_a_torn_cell():
+    face = _stretched_map()
+    face[2, 3, 3] = 1e5  # one point thrown 100 m away: its four cells are torn open
+    points = _points_of(face, torch.randn(2, 6, 6))
+    dense = densify_points(points, 6, spacing=2.0)
+    torn = 4 * MAX_DENSIFY_SPLITS**2
+    assert len(points) + torn <= len(dense) <= len(points) + torn + 5 * 4

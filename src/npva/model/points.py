@@ -16,6 +16,8 @@ from npva.geometry.camera import Camera
 from npva.geometry.mesh import to_world
 from npva.geometry.raster import rasterize_camera
 
+MAX_DENSIFY_SPLITS = 16  # at most 16 x 16 extra points per cell of the point map
+
 
 @dataclass
 class NeuralPoints:
@@ -82,10 +84,10 @@ def densify_points(points: NeuralPoints, size: int, spacing: float) -> NeuralPoi
     points: of a P x P point map (size = P); texel_index says which texels they hold. A cell of the
     map (texels (i, j), (i, j+1), (i+1, j), (i+1, j+1), all present) whose longer row side is a and
     longer column side b, with max(a, b) > spacing, gets an n_a x n_b lattice of points at the centres
-    of its n_a x n_b split, n = ceil(side / spacing), so that every spot of the cell lies about
-    spacing / sqrt(2) or less from a point. The extra points' positions and features are bilinear in
-    the corners' (differentiable) and their texel_index is the cell's first corner. They follow the
-    original points, so points[:len(original)] is unchanged.
+    of its n_a x n_b split, n = ceil(side / spacing) up to MAX_DENSIFY_SPLITS, so that every spot of a
+    cell up to 16 spacings long lies about spacing / sqrt(2) or less from a point. The extra points'
+    positions and features are bilinear in the corners' (differentiable) and their texel_index is the
+    cell's first corner. They follow the original points, so points[:len(original)] is unchanged.
     """
     if spacing <= 0:
         raise ValueError(f"densify spacing must be positive, got {spacing}")
@@ -100,8 +102,10 @@ def densify_points(points: NeuralPoints, size: int, spacing: float) -> NeuralPoi
     along_col = torch.maximum((pos[:, 2] - pos[:, 0]).norm(dim=-1), (pos[:, 3] - pos[:, 1]).norm(dim=-1))
     stretched = torch.maximum(along_row, along_col) > spacing
     corners = corners[stretched]
-    cols = torch.ceil(along_row[stretched] / spacing).long().clamp_min(1)  # (C',) splits along a row
-    rows = torch.ceil(along_col[stretched] / spacing).long().clamp_min(1)
+    # (C',) splits along a row and a column; capped, so that a cell torn open by a stray point does not
+    # fill the space between its corners with millions of points.
+    cols = torch.ceil(along_row[stretched] / spacing).long().clamp(1, MAX_DENSIFY_SPLITS)
+    rows = torch.ceil(along_col[stretched] / spacing).long().clamp(1, MAX_DENSIFY_SPLITS)
     count = rows * cols
     cell = torch.repeat_interleave(torch.arange(count.numel(), device=device), count)  # (M,)
     local = torch.arange(cell.numel(), device=device) - (torch.cumsum(count, 0) - count)[cell]
