@@ -45,8 +45,10 @@ class RecordingDistance:
         self.calls = []
 
     def distance(self, images, references):
-        self.calls.append((images.clone(), references.clone()))
-        return (images - references).abs().mean().reshape(1)
+        """images (N, 3, H, W), references (N or 1, 3, H, W): one recorded pair per image."""
+        references = references.expand_as(images)
+        self.calls.extend((image.clone(), ref.clone()) for image, ref in zip(images, references, strict=True))
+        return (images - references).abs().mean(dim=(1, 2, 3))
 
 
 def recording_metrics(min_size: int = 1) -> tuple[PerceptualMetrics, RecordingDistance]:
@@ -70,7 +72,7 @@ def images_with_error_in_mask(error: float, seed: int = 0):
 def test_standard_psnr_of_a_constant_error_inside_the_mask():
     rendered, photo, mask = images_with_error_in_mask(0.1)
     perceptual, network = recording_metrics()
-    scores = standard_scores(rendered, photo, {"image": None, "mask": mask}, perceptual)
+    scores = standard_scores({"avatar": rendered}, photo, {"image": None, "mask": mask}, perceptual)["avatar"]
     assert scores["mask"]["psnr"] == pytest.approx(20.0, abs=1e-4)  # 10 log10(1 / 0.1^2)
     fraction = mask.float().mean().item()
     assert scores["image"]["psnr"] == pytest.approx(10 * math.log10(1 / (0.01 * fraction)), abs=1e-4)
@@ -86,17 +88,33 @@ def test_standard_ssim_averages_the_whole_image_map_inside_the_region():
     rendered, photo, mask = images_with_error_in_mask(0.0)
     rendered[:, 17:] = 0.0  # differs only more than one window half (5 px) away from the region
     perceptual, _ = recording_metrics()
-    scores = standard_scores(rendered, photo, {"image": None, "mask": mask}, perceptual)
+    scores = standard_scores({"avatar": rendered}, photo, {"image": None, "mask": mask}, perceptual)["avatar"]
     assert scores["mask"]["ssim"] == pytest.approx(1.0, abs=1e-6)
     assert scores["mask"]["psnr"] == pytest.approx(100.0)  # the MSE floor
     assert scores["image"]["ssim"] < 0.9
+
+
+def test_images_scored_together_score_as_alone():
+    """standard_scores of several images against one photo (the avatar and the baseline, whose
+    perceptual scores share the photo's features) equals scoring each image alone."""
+    rendered, photo, mask = images_with_error_in_mask(0.1, seed=2)
+    other = (photo + 0.05 * torch.randn(photo.shape, generator=torch.Generator().manual_seed(5))).clamp(0, 1)
+    regions = {"image": None, "mask": mask}
+    together = standard_scores(
+        {"avatar": rendered, "baseline": other}, photo, regions, recording_metrics()[0]
+    )
+    for name, image in (("avatar", rendered), ("baseline", other)):
+        alone = standard_scores({name: image}, photo, regions, recording_metrics()[0])[name]
+        for region in regions:
+            assert together[name][region] == pytest.approx(alone[region], nan_ok=True)
+    assert together["avatar"]["mask"]["lpips"] != together["baseline"]["mask"]["lpips"]
 
 
 def test_empty_region_scores_nan():
     rendered, photo, _ = images_with_error_in_mask(0.1)
     perceptual, _ = recording_metrics()
     empty = torch.zeros(photo.shape[:2], dtype=torch.bool)
-    scores = standard_scores(rendered, photo, {"mouth": empty}, perceptual)
+    scores = standard_scores({"avatar": rendered}, photo, {"mouth": empty}, perceptual)["avatar"]
     assert set(scores["mouth"]) == {"psnr", "ssim"} and all(math.isnan(v) for v in scores["mouth"].values())
 
 
@@ -166,8 +184,8 @@ def test_ssim_of_identical_images_is_one():
 
 def test_perceptual_scores_skip_images_below_the_network_size():
     perceptual, network = recording_metrics(min_size=32)
-    scores = perceptual.scores(torch.rand(16, 40, 3), torch.rand(16, 40, 3))
-    assert math.isnan(scores["lpips"]) and not network.calls
+    scores = perceptual.scores([torch.rand(16, 40, 3)], torch.rand(16, 40, 3))
+    assert math.isnan(scores[0]["lpips"]) and not network.calls
 
 
 def test_legacy_protocol_needs_camera_400029(tmp_path):

@@ -244,6 +244,23 @@ def test_st_lpips_vgg_loads_the_shipped_weights_and_behaves(st_vgg):
 
 
 @needs_st_lpips
+def test_one_reference_for_many_images_matches_the_pairs(st_vgg):
+    """distance(images, one reference) computes the reference's features once; it equals the
+    distances of the pairs with the reference repeated."""
+    image = _test_image(40)
+    generator = torch.Generator().manual_seed(4)
+    images = torch.cat(
+        [(image + s * torch.randn(image.shape, generator=generator)).clamp(0, 1) for s in (0.05, 0.2)]
+    )
+    shared = st_vgg.distance(images, image)
+    pairs = st_vgg.distance(images, image.expand_as(images))
+    torch.testing.assert_close(shared, pairs)
+    assert shared[0] < shared[1]
+    with pytest.raises(ValueError, match="references"):
+        st_vgg.distance(images, torch.cat([image] * 3))
+
+
+@needs_st_lpips
 def test_st_lpips_alex_loads_and_is_monotone_in_noise():
     alex = st_lpips("alex")
     assert alex.name == "st-lpips-alex"

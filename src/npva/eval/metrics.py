@@ -211,16 +211,19 @@ class PerceptualMetrics:
             )
         return cls(networks, notes)
 
-    def scores(self, image: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-        """Distances of image, reference (H, W, 3) in [0, 1]: one per key, NaN where unavailable or
-        the image is smaller than the network accepts."""
-        result = {}
+    def scores(self, images: Sequence[torch.Tensor], reference: torch.Tensor) -> list[dict[str, float]]:
+        """Distances of each image to one reference, all (H, W, 3) in [0, 1]: per image, one per key,
+        NaN where unavailable or the images are smaller than the network accepts. The reference's
+        features are computed once for all the images (the avatar and the baseline share the photo)."""
+        result: list[dict[str, float]] = [{} for _ in images]
+        stacked = torch.stack([image.permute(2, 0, 1).float() for image in images])
         for key, network in self.networks.items():
-            if network is None or min(image.shape[:2]) < network.min_size:
-                result[key] = math.nan
-                continue
-            pair = (image.permute(2, 0, 1).float(), reference.permute(2, 0, 1).float())
-            result[key] = float(network.distance(*pair)[0])
+            if network is None or min(reference.shape[:2]) < network.min_size:
+                distances = [math.nan] * len(images)
+            else:
+                distances = network.distance(stacked, reference.permute(2, 0, 1).float()[None]).tolist()
+            for values, distance in zip(result, distances, strict=True):
+                values[key] = float(distance)
         return result
 
     def describe(self) -> dict[str, dict[str, Any]]:
@@ -265,27 +268,34 @@ def _lpips_weight_files(
 
 
 def standard_scores(
-    image: torch.Tensor,
+    images: dict[str, torch.Tensor],
     reference: torch.Tensor,
     regions: dict[str, torch.Tensor | None],
     perceptual: PerceptualMetrics,
-) -> dict[str, dict[str, float]]:
-    """Per region (name -> (H, W) bool, None for every pixel): PSNR, SSIM and, for LPIPS_REGIONS, the
-    perceptual distances of image, reference (H, W, 3) in [0, 1]. An empty region scores NaN."""
-    squared = ((image - reference) ** 2).mean(-1)  # (H, W)
-    ssim_map = ssim(image, reference)
-    scores = {}
-    for name, region in regions.items():
-        region = torch.ones_like(squared, dtype=torch.bool) if region is None else region
-        keys = ("psnr", "ssim") + (PERCEPTUAL_KEYS if name in LPIPS_REGIONS else ())
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per image (subject name -> (H, W, 3)) and region (name -> (H, W) bool, None for every pixel):
+    PSNR, SSIM and, for LPIPS_REGIONS, the perceptual distances to reference (H, W, 3), all in [0, 1].
+    An empty region scores NaN."""
+    squared = {name: ((image - reference) ** 2).mean(-1) for name, image in images.items()}  # (H, W)
+    ssim_maps = {name: ssim(image, reference) for name, image in images.items()}
+    scores: dict[str, dict[str, dict[str, float]]] = {name: {} for name in images}
+    for region_name, region in regions.items():
+        region = torch.ones(reference.shape[:2], dtype=torch.bool) if region is None else region
+        keys = ("psnr", "ssim") + (PERCEPTUAL_KEYS if region_name in LPIPS_REGIONS else ())
         if not region.any():
-            scores[name] = dict.fromkeys(keys, math.nan)
+            for name in images:
+                scores[name][region_name] = dict.fromkeys(keys, math.nan)
             continue
-        values = {"psnr": psnr(float(squared[region].mean())), "ssim": float(ssim_map[region].mean())}
-        if name in LPIPS_REGIONS:
-            inside = region[..., None].to(image.dtype)
-            values.update(perceptual.scores(image * inside, reference * inside))
-        scores[name] = values
+        for name in images:
+            scores[name][region_name] = {
+                "psnr": psnr(float(squared[name][region].mean())),
+                "ssim": float(ssim_maps[name][region].mean()),
+            }
+        if region_name in LPIPS_REGIONS:
+            inside = region[..., None].to(reference.dtype)
+            distances = perceptual.scores([image * inside for image in images.values()], reference * inside)
+            for name, values in zip(images, distances, strict=True):
+                scores[name][region_name].update(values)
     return scores
 
 
@@ -302,7 +312,7 @@ def legacy_scores(
     inside = (coverage & mask)[..., None].to(image.dtype)
     image, reference = image * inside, reference * inside
     mse = float((((image - reference) * 255.0) ** 2).mean())
-    return {"image": {"mse": mse, "psnr": psnr(mse, peak=255.0), **perceptual.scores(image, reference)}}
+    return {"image": {"mse": mse, "psnr": psnr(mse, peak=255.0), **perceptual.scores([image], reference)[0]}}
 
 
 @torch.no_grad()
@@ -328,8 +338,9 @@ def score_sample(
         "mouth": mouth_region(ctx.layout, sample, ctx.avatar.mouth),
     }
     row["mask_pixels"], row["mouth_pixels"] = int(sample.mask.sum()), int(regions["mouth"].sum())
-    for subject, (image, _) in renders.items():
-        row.update(_columns(subject, standard_scores(image, photo, regions, perceptual)))
+    images = {subject: image for subject, (image, _) in renders.items()}
+    for subject, scores in standard_scores(images, photo, regions, perceptual).items():
+        row.update(_columns(subject, scores))
     return row
 
 

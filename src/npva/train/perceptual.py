@@ -155,7 +155,8 @@ class LpipsNetwork(nn.Module):
         return outputs
 
     def forward(self, images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-        """Distance (N,) between images and references (N, 3, H, W) in [0, 1]."""
+        """Distance (N,) between images (N, 3, H, W) and references (N or 1, 3, H, W) in [0, 1]; one
+        reference is compared with every image (its features computed once)."""
         total = images.new_zeros(images.shape[0])
         for head, a, b in zip(self.heads, self.features(images), self.features(references), strict=True):
             total = total + head((a - b) ** 2).mean(dim=(1, 2, 3))
@@ -177,13 +178,21 @@ class PerceptualLoss(nn.Module):
         self.min_size = min_size
 
     def distance(self, images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-        """Per-pair distance (N,) of images, references (N, 3, H, W) or (3, H, W) in [0, 1]."""
+        """Per-pair distance (N,) of images (N, 3, H, W) and references (N, 3, H, W), or of every image
+        and one reference (1, 3, H, W); or of two (3, H, W) images. Values in [0, 1]."""
         if images.dim() == 3:
-            images, references = images[None], references[None]
-        if images.shape != references.shape or images.dim() != 4 or images.shape[1] != 3:
+            images = images[None]
+        if references.dim() == 3:
+            references = references[None]
+        if (
+            images.dim() != 4
+            or images.shape[1] != 3
+            or references.shape[1:] != images.shape[1:]
+            or references.shape[0] not in (1, images.shape[0])
+        ):
             raise ValueError(
-                f"expected two (N, 3, H, W) images of one shape, got {tuple(images.shape)} and "
-                f"{tuple(references.shape)}"
+                f"expected (N, 3, H, W) images and (N or 1, 3, H, W) references, got "
+                f"{tuple(images.shape)} and {tuple(references.shape)}"
             )
         if min(images.shape[-2:]) < self.min_size:
             raise ValueError(
