@@ -280,7 +280,8 @@ def standard_scores(
     ssim_maps = {name: ssim(image, reference) for name, image in images.items()}
     scores: dict[str, dict[str, dict[str, float]]] = {name: {} for name in images}
     for region_name, region in regions.items():
-        region = torch.ones(reference.shape[:2], dtype=torch.bool) if region is None else region
+        everywhere = torch.ones(reference.shape[:2], dtype=torch.bool, device=reference.device)
+        region = everywhere if region is None else region
         keys = ("psnr", "ssim") + (PERCEPTUAL_KEYS if region_name in LPIPS_REGIONS else ())
         if not region.any():
             for name in images:
