@@ -279,8 +279,8 @@ def standard_scores(
     squared = {name: ((image - reference) ** 2).mean(-1) for name, image in images.items()}  # (H, W)
     ssim_maps = {name: ssim(image, reference) for name, image in images.items()}
     scores: dict[str, dict[str, dict[str, float]]] = {name: {} for name in images}
+    everywhere = torch.ones(reference.shape[:2], dtype=torch.bool, device=reference.device)
     for region_name, region in regions.items():
-        everywhere = torch.ones(reference.shape[:2], dtype=torch.bool, device=reference.device)
         region = everywhere if region is None else region
         keys = ("psnr", "ssim") + (PERCEPTUAL_KEYS if region_name in LPIPS_REGIONS else ())
         if not region.any():

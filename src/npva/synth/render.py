@@ -19,6 +19,7 @@ from npva.geometry.raster import interpolate, rasterize_camera
 from npva.geometry.texture import sample_texture
 from npva.synth.albedo import Look, part_albedo
 from npva.synth.parts import CAVITY, EYE, SKIN, TEETH, TONGUE, Part
+from npva.synth.scene import view_direction
 
 BACKGROUND = np.array([0.36, 0.36, 0.37])
 AMBIENT = np.array([0.24, 0.24, 0.25])
@@ -223,12 +224,8 @@ def face_camera(
     across), from the face-frame direction (elevation, azimuth): (0, 0) is head-on, positive elevation
     above, positive azimuth towards +x. What a capture camera sees of the eyes and through the mouth."""
     R, t = pose
-    elevation, azimuth = np.deg2rad(elevation_deg), np.deg2rad(azimuth_deg)
-    direction = np.array(
-        [np.sin(azimuth) * np.cos(elevation), np.sin(elevation), np.cos(azimuth) * np.cos(elevation)]
-    )
     target = R @ FACE_VIEW_CENTRE + t
-    centre = R @ (FACE_VIEW_CENTRE + 600.0 * direction) + t
+    centre = R @ (FACE_VIEW_CENTRE + 600.0 * view_direction(elevation_deg, azimuth_deg)) + t
     focal = size * 600.0 / 170.0
     K = np.array([[focal, 0.0, size / 2], [0.0, focal, size / 2], [0.0, 0.0, 1.0]])
     return look_at("face", centre, target, R @ np.array([0.0, 1.0, 0.0]), K, size, size)

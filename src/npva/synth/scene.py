@@ -37,13 +37,22 @@ def _dome_positions() -> dict[str, tuple[float, float]]:
     return dict(zip(CAMERA_NAMES, angles, strict=True))
 
 
+def view_direction(elevation_deg: float, azimuth_deg: float) -> np.ndarray:
+    """(3,) unit vector towards (elevation, azimuth) in degrees: (0, 0) is +z (head-on), positive
+    elevation towards +y, positive azimuth towards +x."""
+    elevation, azimuth = np.deg2rad(elevation_deg), np.deg2rad(azimuth_deg)
+    return np.array(
+        [np.sin(azimuth) * np.cos(elevation), np.sin(elevation), np.cos(azimuth) * np.cos(elevation)]
+    )
+
+
 def frontal_directions(max_angle_deg: float) -> tuple[tuple[float, float], ...]:
     """(elevation, azimuth) in degrees of the dome cameras within max_angle_deg of head-on."""
     limit = np.cos(np.deg2rad(max_angle_deg))
     return tuple(
         (elevation, azimuth)
         for elevation, azimuth in _dome_positions().values()
-        if np.cos(np.deg2rad(elevation)) * np.cos(np.deg2rad(azimuth)) >= limit - 1e-9
+        if view_direction(elevation, azimuth)[2] >= limit - 1e-9
     )
 
 
@@ -52,12 +61,9 @@ def dome_camera(name: str, height: int, width: int) -> Camera:
 
     Distances (about 1 m), aim and principal points carry small fixed per-camera offsets, as a
     calibrated rig does."""
-    elevation, azimuth = (np.deg2rad(a) for a in _dome_positions()[name])
     wobble = np.random.default_rng(int(name)).uniform(-1.0, 1.0, size=6)
     distance = 1000.0 + 40.0 * wobble[0]
-    direction = np.array(
-        [np.sin(azimuth) * np.cos(elevation), np.sin(elevation), np.cos(azimuth) * np.cos(elevation)]
-    )
+    direction = view_direction(*_dome_positions()[name])
     target = DOME_TARGET + 4.0 * wobble[1:4]
     focal = FOCAL_AT_1M * distance / 1000.0
     K = np.array(
