@@ -17,6 +17,7 @@ from npva.model.points import (
     densify_points,
     point_texel_mask,
     rasterize_guide,
+    texel_uv,
     upsample_coarse_map,
 )
 
@@ -53,6 +54,8 @@ def test_points_of_a_known_map_displacement_and_pose():
     assert torch.allclose(points.positions[i * 4 + j], expected, atol=1e-5)
     assert torch.equal(points.features[i * 4 + j], features[:, i, j])
     assert points.texel_index.tolist() == list(range(16))
+    # Its texture coordinates: the texel centre, u = (j + 0.5) / 4, v = 1 - (i + 0.5) / 4 (row 0 is v = 1).
+    assert points.uv[i * 4 + j].tolist() == [0.375, 0.375]
 
 
 def test_texel_mask_keeps_points_inside_the_islands():
@@ -66,6 +69,7 @@ def test_texel_mask_keeps_points_inside_the_islands():
         torch.zeros(3, 2, 2), torch.zeros(3, 4, 4), features, rotation, translation, mask
     )
     assert points.texel_index.tolist() == [0, 1, 4, 5, 10, 11, 14, 15]
+    assert torch.equal(points.uv, texel_uv(4)[points.texel_index])
     assert points.features[:, 0].tolist() == [0.0, 1.0, 4.0, 5.0, 10.0, 11.0, 14.0, 15.0]
     assert torch.allclose(points.positions, translation.expand(8, 3))
 
@@ -107,7 +111,8 @@ def _points_of(face: torch.Tensor, features: torch.Tensor, mask: torch.Tensor | 
     index = torch.arange(size * size)
     if mask is not None:
         index = index[mask.reshape(-1)]
-    return NeuralPoints(face.reshape(3, -1).T[index], features.reshape(features.shape[0], -1).T[index], index)
+    positions, feats = face.reshape(3, -1).T, features.reshape(features.shape[0], -1).T
+    return NeuralPoints(positions[index], feats[index], index, texel_uv(size)[index])
 
 
 def test_densify_fills_only_the_stretched_cells_to_the_spacing():
@@ -128,6 +133,10 @@ def test_densify_fills_only_the_stretched_cells_to_the_spacing():
     left1, right1 = features[:, 2, 1], features[:, 3, 1]
     expected = 0.5 * ((1 - down)[:, None] * (left + left1) + down[:, None] * (right + right1))
     torch.testing.assert_close(dense.features[36:40], expected)
+    # UVs likewise: texel centres of rows 2 and 3 and columns 0 and 1 of the 6 x 6 map.
+    u = torch.full((4,), 1 / 6)
+    v = 1 - (2.5 + down) / 6
+    torch.testing.assert_close(dense.uv[36:40], torch.stack((u, v), -1))
     assert dense.texel_index[36:].tolist() == [2 * 6 + j for j in range(5) for _ in range(4)]
     # Every spot of the stretched band now lies within spacing / sqrt(2) of a point.
     spots = torch.stack((torch.rand(2000) * 5, 2.0 + torch.rand(2000) * 7, torch.zeros(2000)), -1)

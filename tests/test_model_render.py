@@ -13,7 +13,8 @@ from npva.config import DecoderConfig, ModelConfig, RenderConfig, SamplingConfig
 from npva.geometry.camera import look_at
 from npva.model.decoding import make_radiance_decoder
 from npva.model.networks import AvatarNetwork, DecodedMaps
-from npva.model.render import UVTemplate, build_scene, render, render_rays
+from npva.model.query import knn_radius_bruteforce
+from npva.model.render import UVTemplate, build_scene, decode_at, render, render_rays
 
 UV = 16  # coarse map side
 POINTS = 32  # point map side
@@ -247,3 +248,51 @@ def test_densified_points_close_the_holes_of_a_stretched_layout():
             rays = render_rays(scene, decoder, band, cfg)
         sampled[spacing] = (rays.num_samples > 0).float().mean().item()
     assert sampled[0.0] < 0.8 and sampled[2.0] == 1.0
+
+
+def test_texture_lookup_colours_shading_points_with_the_texture_at_their_blended_uv():
+    network, _ = _models()
+    maps = _leaf_maps(network)
+    cfg = replace(RENDER, texture_lookup=True)
+    with pytest.raises(ValueError, match="texture_lookup"):
+        build_scene(maps, _template(), *POSE, _camera(), cfg)
+    texture = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(3))
+    scene = build_scene(maps, _template(), *POSE, _camera(), cfg, texture=texture)
+    g = torch.Generator().manual_seed(4)
+    samples = scene.points.positions.detach()[::40] + 0.8 * torch.randn(
+        len(scene.points) // 40 + 1, 3, generator=g
+    )
+    seen = {}
+
+    def probe(features, offsets_world, offsets_camera, valid, ray_dirs):
+        seen.update(features=features, valid=valid)
+        return features.new_zeros(features.shape[0]), features.new_zeros(features.shape[0], 3)
+
+    directions = torch.tensor([0.0, 0.0, -1.0]).expand(len(samples), 3)
+    decode_at(scene, probe, samples, directions, cfg.decoder.min_distance_mm)
+
+    # Plainly: the K nearest points within the radius, weights 1 / distance, their UVs blended, then
+    # a bilinear lookup between the four nearest texel centres of the 8 x 8 texture.
+    idx, dist = knn_radius_bruteforce(
+        scene.points.positions.detach(), samples, cfg.query.k, cfg.query.radius_mm
+    )
+    found = idx >= 0
+    weights = torch.where(found, 1 / dist.clamp_min(cfg.decoder.min_distance_mm), 0.0)
+    weights = weights / weights.sum(1, keepdim=True)
+    uv = (weights[..., None] * scene.points.uv[idx.clamp_min(0)]).sum(1)
+    x = (uv[:, 0] * 8 - 0.5).clamp(0, 7)
+    y = ((1 - uv[:, 1]) * 8 - 0.5).clamp(0, 7)
+    x0, y0 = x.floor().long().clamp(max=6), y.floor().long().clamp(max=6)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    texel = lambda yy, xx: texture[:, yy, xx].T  # noqa: E731
+    expected = (1 - fy) * ((1 - fx) * texel(y0, x0) + fx * texel(y0, x0 + 1)) + fy * (
+        (1 - fx) * texel(y0 + 1, x0) + fx * texel(y0 + 1, x0 + 1)
+    )
+    assert torch.equal(seen["valid"], found) and found.any(1).all()
+    # Every slot carries the looked-up colour in its RGB channels; the other channels are the points'.
+    torch.testing.assert_close(seen["features"][..., -3:], expected[:, None, :].expand(-1, cfg.query.k, -1))
+    own = scene.points.features[idx.clamp_min(0)][..., :-3]
+    torch.testing.assert_close(seen["features"][..., :-3][found], own[found])
+    # The colour depends on where the points are: positions get gradient through the blended UV.
+    seen["features"][..., -3:].sum().backward()
+    assert maps.displacement.grad.abs().sum() > 0

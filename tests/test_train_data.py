@@ -21,6 +21,7 @@ from npva.geometry.camera import project
 from npva.io.multiface import read_frame_list, read_image, read_krt, read_obj, write_image
 from npva.io.subject import SubjectLayout
 from npva.preprocess.gendir import GenDir
+from npva.preprocess.uvlayout import PositionMapSampler
 from npva.train.data import AvatarDataset, TrainSample, select_samples
 
 CONFIG = DataConfig(texture_size=32, image_cache="none")
@@ -94,6 +95,40 @@ def test_missing_files_are_skipped_and_reported_once(tiny_subject, gendir, frame
         assert any(f"{seq} 999999" in reason and f"missing {what}" in reason for reason in dataset.skipped)
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "3 of" in warnings[0].getMessage()  # 1 view + the frame's 2 views
+
+
+def test_samples_carry_the_full_texture_and_the_tracked_point_map_when_asked(tiny_subject, gendir, frames):
+    plain = AvatarDataset(tiny_subject, gendir, frames[:1], ["400029"], CONFIG)[0]
+    assert plain.full_texture is None and plain.point_posmap is None
+    dataset = AvatarDataset(
+        tiny_subject, gendir, frames[:1], ["400029"], CONFIG, full_texture=True, point_map_size=24
+    )
+    sample = dataset[0]
+    layout = SubjectLayout(tiny_subject)
+    texture = read_image(layout.average_texture(sample.seq, sample.frame))  # at its own size
+    assert sample.full_texture.shape == (3, *texture.shape[:2])
+    torch.testing.assert_close(sample.full_texture, torch.from_numpy(texture).permute(2, 0, 1).float() / 255)
+    # The tracked mesh at 24 x 24 texels, in the face frame: posed, it is the world mesh's position map.
+    mesh = read_obj(layout.mesh_obj(sample.seq, sample.frame))
+    sampler = PositionMapSampler(mesh, 24)
+    world = torch.from_numpy(sampler.position_map(mesh.verts))  # (24, 24, 3)
+    surface = torch.from_numpy(sampler.coverage)
+    assert sample.point_posmap.shape == (3, 24, 24)
+    assert torch.isfinite(sample.point_posmap[:, surface]).all()
+    assert torch.isnan(sample.point_posmap[:, ~surface]).all()
+    posed = sample.R @ sample.point_posmap[:, surface] + sample.t[:, None]
+    torch.testing.assert_close(posed, world[surface].T, atol=1e-3, rtol=0)
+
+
+def test_the_tracked_point_map_needs_the_tracked_mesh(tiny_subject, gendir, frames, tmp_path):
+    subject = tmp_path / "subject"
+    shutil.copytree(tiny_subject, subject)
+    seq, frame = frames[0]
+    SubjectLayout(subject).mesh_obj(seq, frame).unlink()
+    assert len(AvatarDataset(subject, gendir, frames[:2], ["400029"], CONFIG)) == 2  # not needed here
+    dataset = AvatarDataset(subject, gendir, frames[:2], ["400029"], CONFIG, point_map_size=8)
+    assert [(key.seq, key.frame) for key in dataset.keys] == [frames[1]]
+    assert any(f"{seq} {frame}: missing tracked mesh" in reason for reason in dataset.skipped)
 
 
 def test_depth_none_needs_no_depth_files(tiny_subject, gendir, frames, tmp_path):

@@ -20,6 +20,8 @@ from npva.config import (
 )
 from npva.errors import FormatError, NpvaError
 from npva.geometry.camera import look_at
+from npva.io.multiface import read_frame_list, write_frame_list
+from npva.io.subject import SubjectLayout
 from npva.model.render import UVTemplate
 from npva.train import build_config, load_avatar, preset_config, train
 from npva.train import checkpoint as ckpt
@@ -248,6 +250,43 @@ def test_decoder_feature_dim_must_count_the_texture_features():
         Avatar(plain.model, plain.render, template, mouth, "black")
     config = apply_overrides(config, ["render.decoder.colour_residual=true"])
     assert Avatar(config.model, config.render, template, mouth, "black").decoder.cfg.colour_residual
+    plain = apply_overrides(preset_config("tiny"), ["render.texture_lookup=true"])
+    with pytest.raises(NpvaError, match="texture_lookup .* needs model.texture_features"):
+        Avatar(plain.model, plain.render, template, mouth, "black")
+
+
+def test_mouth_points_term_and_texture_lookup_train_and_evaluate(tiny_subject, gendir, tmp_path):
+    settings = [
+        "model.texture_features=true",
+        "render.decoder.feature_dim=11",
+        "render.texture_lookup=true",
+        "train.epochs=1",
+        "train.val_every=0",
+    ]
+
+    def first_step(weight: float, name: str):
+        config = build_config("tiny", overrides=[*settings, f"loss.mouth_points_weight={weight}"])
+        result = train(tiny_subject, tmp_path / name, config, gendir=gendir)
+        return result.log[0], result
+
+    # The same first step, with the term weighted next to nothing and then 1: the total the optimizer
+    # minimizes grows by the term (the mouth's points' mean L1 distance to the tracked surface, mm).
+    faint, _ = first_step(1e-9, "faint")
+    full, result = first_step(1.0, "full")
+    assert faint["mouth_points"] == pytest.approx(full["mouth_points"]) and full["mouth_points"] > 0.1
+    assert full["loss"] - faint["loss"] == pytest.approx(full["mouth_points"], rel=1e-4)
+    assert full["grad_norm"] != faint["grad_norm"]
+    assert load_avatar(result.checkpoint)[0].render_config.texture_lookup
+    # The evaluation commands give such an avatar the textures it looks its colours up in.
+    frames = read_frame_list(SubjectLayout(tiny_subject).split_list("test"))[:2]
+    frame_list = tmp_path / "frames.txt"
+    write_frame_list(frame_list, frames)
+    common = [str(result.checkpoint), "--img-list", str(frame_list), "--subject", str(tiny_subject)]
+    common += ["--gendir", str(gendir), "--no-progress"]
+    assert main(["render", *common, "--cameras", "400029", "--preview", "--out", str(tmp_path / "r")]) == 0
+    assert main(["metrics", *common, "--cameras", "400029", "--out", str(tmp_path / "m")]) == 0
+    assert main(["video", *common, "--out", str(tmp_path / "v.mp4")]) == 0
+    assert (tmp_path / "v.mp4").stat().st_size > 0
 
 
 # ---- data order and backgrounds -------------------------------------------------------------------
@@ -313,7 +352,7 @@ def test_missed_rays_show_the_background_and_mask_mode_compares_inside_only(gend
 def test_a_few_bf16_steps_on_cuda(tiny_subject, gendir, tmp_path):
     config = apply_overrides(
         preset_config("tiny"),
-        ["train.epochs=12", "train.device=cuda", "train.precision=bf16", "loss.lpips_substitute=alex"],
+        ["train.epochs=35", "train.device=cuda", "train.precision=bf16", "loss.lpips_substitute=alex"],
     )
     result = train(tiny_subject, tmp_path / "run", config, gendir=gendir)
     assert result.finished and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.log)

@@ -20,6 +20,7 @@ from npva.train.losses import (
     kl_divergence,
     mesh_loss,
     patch_image,
+    points_loss,
     rgb_loss,
     smoothness_loss,
 )
@@ -65,6 +66,23 @@ def test_mesh_excludes_mouth_and_uncovered_texels():
     assert mesh_loss(coarse, posmap, coverage, mouth, norm="l2").item() == pytest.approx(2.0)
     batch = torch.stack([coarse, coarse + 0])  # (B, 3, S, S) works the same
     assert mesh_loss(batch, posmap[None], coverage, mouth).item() == pytest.approx(3.0)
+
+
+def test_mouth_points_count_mouth_texels_where_the_mesh_has_surface():
+    point_map = torch.zeros(3, 2, 2, requires_grad=True)
+    tracked = torch.zeros(3, 2, 2)
+    tracked[:, 0, 0] = torch.tensor([1.0, -2.0, 2.0])  # L1 5, L2 3
+    tracked[:, 0, 1] = float("nan")  # no surface: left out
+    tracked[:, 1, 0] = 100.0  # not mouth
+    tracked[:, 1, 1] = torch.tensor([0.0, 0.0, 1.0])  # L1 1, L2 1
+    mouth = torch.tensor([[True, True], [False, True]])
+    loss = points_loss(point_map, tracked, mouth)
+    assert loss.item() == pytest.approx(3.0)
+    assert points_loss(point_map, tracked, mouth, norm="l2").item() == pytest.approx(2.0)
+    loss.backward()  # the texel without surface gives no NaN gradient, nor does the one outside the mouth
+    assert torch.isfinite(point_map.grad).all()
+    assert (point_map.grad[:, 0, 1] == 0).all() and (point_map.grad[:, 1, 0] == 0).all()
+    assert point_map.grad[:, 0, 0].abs().sum() > 0
 
 
 def test_mesh_mouth_weight_counts_mouth_texels_with_that_weight():
@@ -179,6 +197,18 @@ def test_compute_losses_patch_phase_and_missing_inputs():
     assert list(terms) == ["rgb"] and total.item() == pytest.approx(5 * terms["rgb"].item())
     with pytest.raises(ValueError, match="mouth"):
         compute_losses(config, **{k: v for k, v in inputs.items() if k != "mouth"})
+    with_points = LossConfig(mouth_points_weight=0.5)
+    with pytest.raises(ValueError, match="tracked point position map"):
+        compute_losses(with_points, **inputs, point_map=inputs["displacement"])
+    tracked = torch.zeros(3, 8, 8)
+    point_mouth = torch.zeros(8, 8, dtype=torch.bool)
+    point_mouth[4:6] = True
+    point_inputs = dict(point_map=inputs["displacement"], point_posmap=tracked, point_mouth=point_mouth)
+    total_with, terms = compute_losses(with_points, **inputs, **point_inputs)
+    expected = points_loss(inputs["displacement"], tracked, point_mouth)
+    assert terms["mouth_points"].item() == pytest.approx(expected.item())
+    total_without, _ = compute_losses(config, **inputs)
+    assert (total_with - total_without).item() == pytest.approx(0.5 * expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match="perceptual"):
         compute_losses(config, **inputs, patch_shape=(4, 4))
 

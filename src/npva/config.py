@@ -117,6 +117,10 @@ class RenderConfig:
     # (npva.model.points.densify_points), so that stretched parts of the UV layout (a neck, an open
     # mouth) keep no holes. 0: one point per texel, as published.
     densify_mm: float = 0.0
+    # True (needs model.texture_features): the RGB feature channels at a shading point are the frame's
+    # average texture, at its own size, looked up at the UV blended from the point's neighbours, as a mesh
+    # looks its texture up per pixel; False: the blend of the neighbours' colours at the point map's size.
+    texture_lookup: bool = False
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -180,6 +184,7 @@ class LossConfig:
     rast_depth_weight: float = 0.2
     mesh_weight: float = 0.2
     mesh_mouth_weight: float = 0.0  # weight of mouth texels in the mesh term's mean (0: left out)
+    mouth_points_weight: float = 0.0  # the mouth's neural points against the tracked surface (0: off)
     smooth_weight: float = 1.0
     kl_weight: float = 0.001
     displacement_weight: float = 0.1

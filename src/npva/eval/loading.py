@@ -122,4 +122,6 @@ def evaluation_dataset(ctx: EvalContext, img_list: str | Path, cameras: Sequence
         image_cache="none",
     )
     frames, names = select_samples(ctx.subject, data)
-    return AvatarDataset(ctx.subject, ctx.gendir, frames, names, data)
+    return AvatarDataset(
+        ctx.subject, ctx.gendir, frames, names, data, full_texture=ctx.config.render.texture_lookup
+    )

@@ -244,11 +244,12 @@ def point_colours(avatar: Avatar, scene: FrameScene, chunk: int = 65536) -> torc
     with its K nearest points within the radius, looking from the camera centre towards it."""
     positions = scene.points.positions.detach()
     centre = torch.as_tensor(scene.camera.centre, dtype=positions.dtype, device=positions.device)
+    min_distance = avatar.render_config.decoder.min_distance_mm
     colours = []
     for lo in range(0, positions.shape[0], chunk):
         at = positions[lo : lo + chunk]  # (N, 3)
         directions = torch.nn.functional.normalize(at - centre, dim=-1)
-        _, rgb = decode_at(scene, avatar.decoder, at, directions)
+        _, rgb = decode_at(scene, avatar.decoder, at, directions, min_distance)
         colours.append(rgb.float().clamp(0, 1))
     return torch.cat(colours) if colours else positions.new_zeros((0, 3))
 

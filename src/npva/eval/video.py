@@ -128,11 +128,13 @@ def head_centre(mean_map: torch.Tensor, coverage: torch.Tensor, R: np.ndarray, t
 
 
 def driving_sample(ctx: EvalContext, seq: str, frame: str, camera: Camera) -> TrainSample:
-    """What the avatar needs to render (seq, frame) in `camera`: average texture, position map and
-    head pose (on ctx.device); image, mask and depth are empty (zeros) of the camera's size."""
+    """What the avatar needs to render (seq, frame) in `camera`: average texture (also at its own size
+    with render.texture_lookup), position map and head pose (on ctx.device); image, mask and depth are
+    empty (zeros) of the camera's size."""
     layout = ctx.layout
     size = ctx.config.data.texture_size
-    texture = read_image(layout.average_texture(seq, frame), (size, size))
+    texture_path = layout.average_texture(seq, frame)
+    texture = read_image(texture_path, (size, size))
     posmap = read_posmap(GenDir(ctx.gendir).posmap(seq, frame), ctx.avatar.mean_map.shape[-1])
     R, t = read_transform(layout.transform(seq, frame))
     height, width = camera.height, camera.width
@@ -145,12 +147,18 @@ def driving_sample(ctx: EvalContext, seq: str, frame: str, camera: Camera) -> Tr
         image=torch.zeros(3, height, width),
         mask=torch.zeros(height, width, dtype=torch.bool),
         depth=torch.zeros(height, width),
-        texture=torch.from_numpy(np.ascontiguousarray(texture.transpose(2, 0, 1))).float() / 255.0,
+        texture=_rgb_tensor(texture),
         posmap=torch.from_numpy(np.ascontiguousarray(posmap.transpose(2, 0, 1))),
         R=torch.as_tensor(R, dtype=torch.float32),
         t=torch.as_tensor(t, dtype=torch.float32),
+        full_texture=_rgb_tensor(read_image(texture_path)) if ctx.config.render.texture_lookup else None,
     )
     return sample.to(ctx.device)
+
+
+def _rgb_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
 
 
 def shaded_mesh_image(

@@ -21,11 +21,13 @@ MAX_DENSIFY_SPLITS = 16  # at most 16 x 16 extra points per cell of the point ma
 
 @dataclass
 class NeuralPoints:
-    """positions (N, 3) world, features (N, C), texel_index (N,) long flat texel of each point."""
+    """positions (N, 3) world, features (N, C), texel_index (N,) long flat texel of each point, uv (N, 2)
+    its texture coordinates (u right, v up)."""
 
     positions: torch.Tensor
     features: torch.Tensor
     texel_index: torch.Tensor
+    uv: torch.Tensor
 
     def __len__(self) -> int:
         return self.positions.shape[0]
@@ -44,6 +46,14 @@ def point_texel_mask(coverage: torch.Tensor, size: int) -> torch.Tensor:
     src = coverage.shape[0]
     centre = (2 * torch.arange(size, device=coverage.device) + 1) * src // (2 * size)
     return coverage[centre[:, None], centre[None, :]]
+
+
+def texel_uv(size: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(size * size, 2) UV of the texel centres of a size x size map, flat index i * size + j."""
+    centre = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size
+    return torch.stack(
+        (centre[None, :].expand(size, size), (1 - centre)[:, None].expand(size, size)), -1
+    ).reshape(-1, 2)
 
 
 def build_neural_points(
@@ -75,7 +85,8 @@ def build_neural_points(
         texel_index = texel_index[texel_mask.reshape(-1)]
         positions = positions[texel_index]
         feats = feats[texel_index]
-    return NeuralPoints(positions=positions, features=feats, texel_index=texel_index)
+    uv = texel_uv(size, positions.device).to(positions.dtype)[texel_index]
+    return NeuralPoints(positions=positions, features=feats, texel_index=texel_index, uv=uv)
 
 
 def densify_points(points: NeuralPoints, size: int, spacing: float) -> NeuralPoints:
@@ -86,8 +97,8 @@ def densify_points(points: NeuralPoints, size: int, spacing: float) -> NeuralPoi
     longer column side b, with max(a, b) > spacing, gets an n_a x n_b lattice of points at the centres
     of its n_a x n_b split, n = ceil(side / spacing) up to MAX_DENSIFY_SPLITS, so that every spot of a
     cell up to 16 spacings long lies about spacing / sqrt(2) or less from a point. The extra points'
-    positions and features are bilinear in the corners' (differentiable) and their texel_index is the
-    cell's first corner. They follow the original points, so points[:len(original)] is unchanged.
+    positions, features and UVs are bilinear in the corners' (differentiable) and their texel_index is
+    the cell's first corner. They follow the original points, so points[:len(original)] is unchanged.
     """
     if spacing <= 0:
         raise ValueError(f"densify spacing must be positive, got {spacing}")
@@ -118,10 +129,12 @@ def densify_points(points: NeuralPoints, size: int, spacing: float) -> NeuralPoi
     cell_corners = corners[cell]  # (M, 4)
     positions = (weights[..., None] * points.positions[cell_corners]).sum(1)
     features = (weights[..., None].to(points.features.dtype) * points.features[cell_corners]).sum(1)
+    uv = (weights[..., None] * points.uv[cell_corners]).sum(1)
     return NeuralPoints(
         positions=torch.cat((points.positions, positions)),
         features=torch.cat((points.features, features)),
         texel_index=torch.cat((points.texel_index, points.texel_index[cell_corners[:, 0]])),
+        uv=torch.cat((points.uv, uv)),
     )
 
 

@@ -22,7 +22,9 @@ import torch
 from npva.config import RenderConfig
 from npva.geometry.camera import Camera, pixel_rays
 from npva.geometry.mesh import uv_grid_faces
+from npva.geometry.texture import sample_texture
 from npva.model.compositing import composite
+from npva.model.decoding import inverse_distance_weights
 from npva.model.networks import AvatarNetwork, DecodedMaps, coarse_map
 from npva.model.points import (
     NeuralPoints,
@@ -80,6 +82,8 @@ class FrameScene:
         respect to the coarse map; sampling reads it without gradient).
     points: the neural points (differentiable positions and features).
     index, occupancy: built on the detached point positions.
+    texture: (3, T, T) the frame's average texture when the shading points look their colour up in it
+        (RenderConfig.texture_lookup), else None.
     """
 
     camera: Camera
@@ -88,6 +92,7 @@ class FrameScene:
     points: NeuralPoints
     index: NeighbourIndex | KDTreeIndex
     occupancy: OccupancyGrid
+    texture: torch.Tensor | None = None
 
 
 @dataclass
@@ -144,13 +149,17 @@ def build_scene(
     camera: Camera,
     cfg: RenderConfig,
     mask_points: bool = True,
+    texture: torch.Tensor | None = None,
 ) -> FrameScene:
     """The per-frame state of one rendering.
 
     maps: decoded maps of one frame (batch of 1); rotation (3, 3), translation (3,): head pose,
     x_world = R x_face + t; camera with its image size; mask_points keeps only the points whose texel
-    lies inside the UV islands.
+    lies inside the UV islands; texture (3, T, T): the frame's average texture, needed with
+    cfg.texture_lookup.
     """
+    if cfg.texture_lookup and texture is None:
+        raise ValueError("render.texture_lookup is on: rendering needs the frame's average texture")
     if maps.coarse_offset.shape[0] != 1:
         raise ValueError(f"one frame per rendering, got a batch of {maps.coarse_offset.shape[0]}")
     device, dtype = maps.coarse_offset.device, maps.coarse_offset.dtype
@@ -177,7 +186,8 @@ def build_scene(
         )
         sampling = cfg.sampling
         occupancy = OccupancyGrid(detached, sampling.occupancy_voxel_mm, sampling.occupancy_reach_voxels)
-    return FrameScene(camera, coarse, guide_depth, points, index, occupancy)
+    lookup = texture.to(device=device, dtype=dtype) if cfg.texture_lookup else None
+    return FrameScene(camera, coarse, guide_depth, points, index, occupancy, lookup)
 
 
 def render_rays(
@@ -250,7 +260,9 @@ def _render_chunk(
     sigma = shading.z.new_zeros(shading.z.shape)
     rgb = shading.z.new_zeros((*shading.z.shape, 3))
     if samples.shape[0] > 0:
-        sample_sigma, sample_rgb = decode_at(scene, decoder, samples, ray_dirs[ray_of_sample])
+        sample_sigma, sample_rgb = decode_at(
+            scene, decoder, samples, ray_dirs[ray_of_sample], cfg.decoder.min_distance_mm
+        )
         sigma = sigma.index_put((ray_of_sample, slot_of_sample), sample_sigma)
         rgb = rgb.index_put((ray_of_sample, slot_of_sample), sample_rgb)
     with stage("decoding"):
@@ -265,9 +277,10 @@ def decode_at(
     decoder: torch.nn.Module,
     samples: torch.Tensor,
     ray_dirs: torch.Tensor,
+    min_distance: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """sigma (N,), rgb (N, 3) from `decoder` at points samples (N, 3) seen along ray_dirs (N, 3), with
-    their K nearest neural points of `scene`."""
+    their K nearest neural points of `scene`; min_distance as in the decoder's neighbour weights."""
     points, camera = scene.points, scene.camera
     with stage("sampling_query"):
         idx, _ = scene.index.query(samples)  # (N, K)
@@ -277,7 +290,29 @@ def decode_at(
         offsets_world = points.positions[safe] - samples[:, None, :]  # (N, K, 3)
         rotation = torch.as_tensor(camera.R, dtype=offsets_world.dtype, device=offsets_world.device)
         offsets_camera = offsets_world @ rotation.T
-        return decoder(points.features[safe], offsets_world, offsets_camera, valid, ray_dirs)
+        features = points.features[safe]  # (N, K, C)
+        if scene.texture is not None:
+            uv = points.uv[safe]  # (N, K, 2)
+            features = _with_texture_colour(scene.texture, uv, offsets_world, valid, min_distance, features)
+        return decoder(features, offsets_world, offsets_camera, valid, ray_dirs)
+
+
+def _with_texture_colour(
+    texture: torch.Tensor,
+    uv: torch.Tensor,
+    offsets_world: torch.Tensor,
+    valid: torch.Tensor,
+    min_distance: float,
+    features: torch.Tensor,
+) -> torch.Tensor:
+    """features (N, K, C) whose last 3 channels, in every slot, are the texture (3, T, T) at the shading
+    point's UV: its neighbours' uv (N, K, 2) blended with the decoder's inverse-distance weights. On a
+    stretched part of the layout, where a shading point's nearest points may all lie on one side, this
+    keeps the colour of the exact texture position instead of the blend of the points' colours."""
+    weights = inverse_distance_weights(offsets_world, valid, min_distance)  # (N, K)
+    colour = sample_texture(texture, torch.einsum("nk,nkc->nc", weights, uv))  # (N, 3)
+    colour = colour.to(features.dtype)[:, None, :].expand(-1, features.shape[1], -1)
+    return torch.cat((features[..., :-3], colour), dim=-1)
 
 
 def render(
@@ -316,8 +351,9 @@ def render(
         maps, mu, logstd = out.maps, out.mu, out.logstd
     else:
         raise ValueError("render needs a latent, or both texture and posmap_normalized")
+    lookup = texture[0] if cfg.texture_lookup and texture is not None else None
     scene = build_scene(
-        maps, template, rotation, translation, camera, cfg, network.cfg.mask_points_outside_uv
+        maps, template, rotation, translation, camera, cfg, network.cfg.mask_points_outside_uv, lookup
     )
     if pixels is None:
         pixels = all_pixels(camera.height, camera.width, scene.guide_depth.device)

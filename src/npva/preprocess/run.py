@@ -106,7 +106,7 @@ def _training_camera(camera: Camera, image_path: Path, scale: float) -> Camera:
     return camera.with_size(height, width).resized(*size)
 
 
-def _load_world_verts(layout: SubjectLayout, seq: str, frame: str, num_verts: int) -> np.ndarray:
+def load_world_verts(layout: SubjectLayout, seq: str, frame: str, num_verts: int) -> np.ndarray:
     """(V, 3) world-frame vertices, from the .bin when present (fast), else the OBJ."""
     bin_path = layout.mesh_bin(seq, frame)
     if bin_path.is_file():
@@ -136,7 +136,7 @@ def process_frame(ctx: Context, seq: str, frame: str) -> Summary:
     layout, out = SubjectLayout(ctx.subject), gd.GenDir(ctx.gendir)
     size = ctx.config.uv_size
     try:
-        world = _load_world_verts(layout, seq, frame, ctx.num_verts)
+        world = load_world_verts(layout, seq, frame, ctx.num_verts)
         if gd.posmap_ok(out.posmap(seq, frame), size):
             summary.skipped += 1
         else:

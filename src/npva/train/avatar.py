@@ -115,6 +115,11 @@ class Avatar(nn.Module):
                 "render.decoder.colour_residual corrects the texture colour of the point features: "
                 "it needs model.texture_features"
             )
+        if render.texture_lookup and not model.texture_features:
+            raise NpvaError(
+                "render.texture_lookup looks up the colour of the point features' RGB channels: "
+                "it needs model.texture_features"
+            )
         self.render_config = render
         self.background_mode = background
         self.network = AvatarNetwork(model)
@@ -202,6 +207,7 @@ class Avatar(nn.Module):
             sample.camera,
             cfg,
             self.network.cfg.mask_points_outside_uv,
+            sample.full_texture,
         )
         if pixels is None:
             pixels = all_pixels(sample.camera.height, sample.camera.width, self.mean_map.device)

@@ -37,11 +37,14 @@ from npva.io.multiface import (
     read_image,
     read_image_size,
     read_krt,
+    read_obj,
     read_transform,
     write_image,
 )
 from npva.io.subject import SubjectLayout
 from npva.preprocess.gendir import GenDir, read_depth_npz, read_manifest, read_mask, read_posmap
+from npva.preprocess.run import load_world_verts
+from npva.preprocess.uvlayout import PositionMapSampler
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,9 @@ class TrainSample:
     the tracked mesh; depth (H, W) float32 camera z in mm, 0 where unknown (all 0 without depth).
     texture (3, T, T) float32 in [0, 1]: the average texture. posmap (3, S, S) float32: position map in
     the face frame, mm. R (3, 3), t (3,) float32: head pose, x_world = R x_face + t.
+    Loaded only when asked for (else None): full_texture (3, T', T') the average texture at its own size;
+    point_posmap (3, P, P) the tracked mesh's position map at the point map's size, face frame, mm, NaN
+    where the mesh has no surface.
     """
 
     index: int
@@ -78,6 +84,8 @@ class TrainSample:
     posmap: torch.Tensor
     R: torch.Tensor
     t: torch.Tensor
+    full_texture: torch.Tensor | None = None
+    point_posmap: torch.Tensor | None = None
 
     def _map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> TrainSample:
         tensors = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -203,7 +211,9 @@ class AvatarDataset(Dataset):
     subject: the subject directory; gendir: its preprocessing output; frames: (seq, frame) pairs;
     cameras: camera names (one camera, e.g. ["400029"], is the authors' single-view setting).
     Pairs missing any file (photo, mask, depth unless preprocessing made none, position map, average
-    texture, head pose) are skipped; `skipped` lists why, and the log says so once.
+    texture, head pose, tracked mesh when needed) are skipped; `skipped` lists why, and the log says so
+    once. full_texture: samples carry the average texture at its own size too; point_map_size > 0:
+    and the tracked mesh's position map at that size.
     """
 
     def __init__(
@@ -213,10 +223,17 @@ class AvatarDataset(Dataset):
         frames: Sequence[tuple[str, str]],
         cameras: Sequence[str],
         config: DataConfig,
+        *,
+        full_texture: bool = False,
+        point_map_size: int = 0,
     ):
         if config.image_cache not in IMAGE_CACHE_FORMATS:
             raise ValueError(f"image_cache must be one of {IMAGE_CACHE_FORMATS}, got {config.image_cache!r}")
         self.config = config
+        self.full_texture = full_texture
+        self.point_map_size = point_map_size
+        self._point_sampler: PositionMapSampler | None = None  # made from the first tracked mesh read
+        self._num_verts = 0
         self.layout = SubjectLayout(subject)
         self.gendir = GenDir(Path(gendir))
         manifest = read_manifest(self.gendir)
@@ -266,6 +283,8 @@ class AvatarDataset(Dataset):
                 "average texture": self.layout.average_texture(seq, frame),
                 "head pose": self.layout.transform(seq, frame),
             }
+            if self.point_map_size > 0:
+                frame_files["tracked mesh"] = self.layout.mesh_obj(seq, frame)
             missing_frame = [
                 f"{seq} {frame}: missing {what} {path}"
                 for what, path in frame_files.items()
@@ -327,6 +346,12 @@ class AvatarDataset(Dataset):
         texture = read_image(self.layout.average_texture(key.seq, key.frame), (texture_size, texture_size))
         posmap = read_posmap(self.gendir.posmap(key.seq, key.frame), self.uv_size)
         R, t = read_transform(self.layout.transform(key.seq, key.frame))
+        full_texture = None
+        if self.full_texture:
+            full_texture = _image_tensor(read_image(self.layout.average_texture(key.seq, key.frame)))
+        point_posmap = None
+        if self.point_map_size > 0:
+            point_posmap = torch.from_numpy(self._point_posmap(key, R, t).transpose(2, 0, 1).copy())
         return TrainSample(
             index=index,
             seq=key.seq,
@@ -340,7 +365,21 @@ class AvatarDataset(Dataset):
             posmap=torch.from_numpy(np.ascontiguousarray(posmap.transpose(2, 0, 1))),
             R=torch.as_tensor(R, dtype=torch.float32),
             t=torch.as_tensor(t, dtype=torch.float32),
+            full_texture=full_texture,
+            point_posmap=point_posmap,
         )
+
+    def _point_posmap(self, key: SampleKey, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """(P, P, 3) float32 face-frame position map of the frame's tracked mesh, NaN outside the islands."""
+        if self._point_sampler is None:  # the topology and UVs of tracked meshes are fixed
+            mesh = read_obj(self.layout.mesh_obj(key.seq, key.frame))
+            self._point_sampler = PositionMapSampler(mesh, self.point_map_size)
+            self._num_verts = len(mesh.verts)
+        verts = load_world_verts(self.layout, key.seq, key.frame, self._num_verts)
+        face = (verts - t) @ R  # x_face = R^T (x_world - t)
+        posmap = self._point_sampler.position_map(face)
+        posmap[~self._point_sampler.coverage] = np.nan
+        return posmap
 
     def _photo(self, key: SampleKey) -> tuple[np.ndarray, Camera]:
         """The photo (H, W, 3) uint8 at the training size, and its camera with intrinsics scaled."""

@@ -40,6 +40,7 @@ from npva import __version__
 from npva.config import ExperimentConfig, save_config, to_dict
 from npva.errors import MissingFileError, NpvaError
 from npva.fileio import atomic_open
+from npva.model.points import point_texel_mask, upsample_coarse_map
 from npva.model.render import RenderOutput
 from npva.preprocess.gendir import GenDir, read_manifest
 from npva.timing import STAGES, StageTimer, stage
@@ -237,7 +238,15 @@ class Trainer:
             torch.use_deterministic_algorithms(tc.deterministic, warn_only=True)
 
         frames, cameras = select_samples(subject, config.data)
-        self.dataset = AvatarDataset(subject, self.gendir, frames, cameras, config.data)
+        self.dataset = AvatarDataset(
+            subject,
+            self.gendir,
+            frames,
+            cameras,
+            config.data,
+            full_texture=config.render.texture_lookup,
+            point_map_size=config.model.point_map_size if config.loss.mouth_points_weight else 0,
+        )
         self.cameras = list(self.dataset.krt)
         self.val_dataset, self.val_indices = (
             validation_set(subject, self.gendir, config, self.cameras) if ctx.is_main else (None, [])
@@ -449,12 +458,26 @@ class Trainer:
             posmap=sample.posmap,
             coverage=self.avatar.coverage,
             mouth=self.avatar.mouth,
+            **self._mouth_points(out, sample),
             displacement=out.maps.displacement[0],
             mu=out.mu,
             logstd=out.logstd,
             patch_shape=self.gep.patch_shape if phase == "patch" else None,
             perceptual=self.perceptual,
         )
+
+    def _mouth_points(self, out: RenderOutput, sample: TrainSample) -> dict[str, torch.Tensor]:
+        """The inputs of the mouth-points term (none when it is off): the points before posing
+        (3, P, P), the tracked surface at their texels (3, P, P) and the mouth texels (P, P)."""
+        if not self.config.loss.mouth_points_weight:
+            return {}
+        displacement = out.maps.displacement[0]
+        size = displacement.shape[-1]
+        return {
+            "point_map": upsample_coarse_map(out.scene.coarse_map, size) + displacement,
+            "point_posmap": sample.point_posmap,
+            "point_mouth": point_texel_mask(self.avatar.coverage & self.avatar.mouth, size),
+        }
 
     def _update_parameters(self, total: torch.Tensor) -> torch.Tensor:
         """Backward pass, optional clipping, optimizer and scheduler steps; the gradient norm."""
@@ -702,7 +725,8 @@ def validation_set(
     )
     try:
         frames, cameras = select_samples(subject, data)
-        dataset = AvatarDataset(subject, gendir, frames, cameras, data)
+        lookup = config.render.texture_lookup
+        dataset = AvatarDataset(subject, gendir, frames, cameras, data, full_texture=lookup)
     except NpvaError as exc:
         log.warning("no validation: %s", exc)
         return None, []

@@ -11,6 +11,10 @@ Exact definitions (weights and constants in LossConfig):
 - mesh: mean over covered, non-mouth texels (mouth texels weighted mesh_mouth_weight, 0 in the method)
   of the distance between the coarse map and the tracked position map: the L1 norm over x, y, z ("l1",
   as the method text writes |.|), or the Euclidean norm ("l2", as the authors' code has it).
+- mouth_points: mean over the mouth's texels of the point map (those of mouth texels of the coarse map,
+  where the tracked mesh has surface) of the same distance between the neural points before posing
+  (upsampled coarse map + displacement) and the tracked mesh's position map at the point map's size
+  (0 in the method, which supervises the points through the images and depths only).
 - smooth: smooth-L1 (beta smooth_beta_mm) of the difference between neighbouring texels of the coarse
   map, averaged over x, y, z and the pairs whose two texels are covered, for horizontal and vertical
   neighbours separately; the two means are added.
@@ -89,18 +93,44 @@ def mesh_loss(
     norm: "l1" (sum of |dx|, |dy|, |dz|) or "l2" (Euclidean).
     """
     coarse, posmap = _channels_first(coarse, "coarse map"), _channels_first(posmap, "position map")
+    distance = _texel_distance(coarse, posmap, norm)
+    coverage, mouth = coverage.to(distance.device), mouth.to(distance.device)
+    return _weighted_texel_mean(distance, coverage * torch.where(mouth, mouth_weight, 1.0))
+
+
+def points_loss(
+    point_map: torch.Tensor, point_posmap: torch.Tensor, region: torch.Tensor, norm: str = "l1"
+) -> torch.Tensor:
+    """Mean over the region's texels of the distance between the points before posing and the tracked
+    surface at the same texels.
+
+    point_map: (3, P, P) or (B, 3, P, P) upsampled coarse map + displacement, face frame, mm;
+    point_posmap: the tracked mesh's position map of the same shape, NaN where the mesh has no surface
+    (those texels are left out); region: (P, P) bool; norm as in mesh_loss.
+    """
+    point_map = _channels_first(point_map, "point map")
+    target = _channels_first(point_posmap, "tracked point position map").to(point_map.dtype)
+    surface = torch.isfinite(target).all(1)  # (B, P, P)
+    distance = _texel_distance(point_map, torch.nan_to_num(target), norm)  # finite: no NaN gradient
+    return _weighted_texel_mean(distance, surface * region.to(distance.device))
+
+
+def _texel_distance(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
+    """(B, 3, S, S) twice -> (B, S, S): per-texel L1 norm ("l1") or Euclidean norm ("l2") of a - b."""
     if norm == "l1":
-        distance = (coarse - posmap).abs().sum(1)  # (B, S, S)
-    elif norm == "l2":
-        distance = torch.linalg.vector_norm(coarse - posmap, dim=1)
-    else:
-        raise ValueError(f"mesh norm must be l1 or l2, got {norm!r}")
-    coverage, mouth = coverage.to(coarse.device), mouth.to(coarse.device)
-    weight = coverage * torch.where(mouth, mouth_weight, 1.0)  # (S, S)
+        return (a - b).abs().sum(1)
+    if norm == "l2":
+        return torch.linalg.vector_norm(a - b, dim=1)
+    raise ValueError(f"mesh norm must be l1 or l2, got {norm!r}")
+
+
+def _weighted_texel_mean(distance: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """distance (B, S, S) averaged with weight (S, S) or (B, S, S) over the batch; 0 with no weight."""
+    weight = weight.expand_as(distance)
     total = weight.sum()
     if total == 0:
         return distance.sum() * 0
-    return (distance * weight).sum() / (total * distance.shape[0])
+    return (distance * weight).sum() / total
 
 
 def smoothness_loss(coarse: torch.Tensor, coverage: torch.Tensor, beta: float) -> torch.Tensor:
@@ -150,6 +180,7 @@ class LossTerms:
     depth: torch.Tensor | None = None
     rast_depth: torch.Tensor | None = None
     mesh: torch.Tensor | None = None
+    mouth_points: torch.Tensor | None = None
     smooth: torch.Tensor | None = None
     kl: torch.Tensor | None = None
     displacement: torch.Tensor | None = None
@@ -188,6 +219,9 @@ def compute_losses(
     posmap: torch.Tensor | None = None,
     coverage: torch.Tensor | None = None,
     mouth: torch.Tensor | None = None,
+    point_map: torch.Tensor | None = None,
+    point_posmap: torch.Tensor | None = None,
+    point_mouth: torch.Tensor | None = None,
     displacement: torch.Tensor | None = None,
     mu: torch.Tensor | None = None,
     logstd: torch.Tensor | None = None,
@@ -198,6 +232,7 @@ def compute_losses(
 
     Per ray (R rays): colour, target (R, 3); depth, guide_depth, mvs_depth (R,) camera z in mm
     (0 = unknown). Maps: coarse, posmap (3, S, S) face frame mm; coverage, mouth (S, S) bool;
+    point_map, point_posmap (3, P, P) as in points_loss, point_mouth (P, P) bool;
     displacement (3, P, P); mu, logstd: the posterior. A term with a non-zero weight needs its inputs.
     patch_shape (h, w): the rays form a patch, row by row (patch phase): adds the perceptual term,
     computed by `perceptual` (a PerceptualLoss) when lpips_weight is non-zero, and 1 - SSIM of the
@@ -231,6 +266,13 @@ def compute_losses(
             _needed(mouth, "mouth", "mesh"),
             config.mesh_norm,
             config.mesh_mouth_weight,
+        )
+    if config.mouth_points_weight:
+        terms.mouth_points = points_loss(
+            _needed(point_map, "point map", "mouth points"),
+            _needed(point_posmap, "tracked point position map", "mouth points"),
+            _needed(point_mouth, "point-map mouth", "mouth points"),
+            config.mesh_norm,
         )
     if config.smooth_weight:
         terms.smooth = smoothness_loss(coarse, coverage, config.smooth_beta_mm)
