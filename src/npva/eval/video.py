@@ -40,7 +40,7 @@ from npva.geometry.mesh import to_world, vertex_normals
 from npva.geometry.raster import interpolate, rasterize_camera
 from npva.io.multiface import read_frame_list, read_image, read_image_size, read_krt, read_obj, read_transform
 from npva.preprocess.gendir import GenDir, read_manifest, read_posmap
-from npva.train.data import TrainSample, training_size
+from npva.train.data import TrainSample, image_tensor, training_size
 
 DEFAULT_CAMERA = "400029"
 MESH_ALBEDO = 0.8  # grey of the shaded tracked mesh
@@ -147,18 +147,13 @@ def driving_sample(ctx: EvalContext, seq: str, frame: str, camera: Camera) -> Tr
         image=torch.zeros(3, height, width),
         mask=torch.zeros(height, width, dtype=torch.bool),
         depth=torch.zeros(height, width),
-        texture=_rgb_tensor(texture),
+        texture=image_tensor(texture),
         posmap=torch.from_numpy(np.ascontiguousarray(posmap.transpose(2, 0, 1))),
         R=torch.as_tensor(R, dtype=torch.float32),
         t=torch.as_tensor(t, dtype=torch.float32),
-        full_texture=_rgb_tensor(read_image(texture_path)) if ctx.config.render.texture_lookup else None,
+        full_texture=image_tensor(read_image(texture_path)) if ctx.config.render.texture_lookup else None,
     )
     return sample.to(ctx.device)
-
-
-def _rgb_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
 
 
 def shaded_mesh_image(

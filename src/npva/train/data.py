@@ -348,7 +348,7 @@ class AvatarDataset(Dataset):
         R, t = read_transform(self.layout.transform(key.seq, key.frame))
         full_texture = None
         if self.full_texture:
-            full_texture = _image_tensor(read_image(self.layout.average_texture(key.seq, key.frame)))
+            full_texture = image_tensor(read_image(self.layout.average_texture(key.seq, key.frame)))
         point_posmap = None
         if self.point_map_size > 0:
             point_posmap = torch.from_numpy(self._point_posmap(key, R, t).transpose(2, 0, 1).copy())
@@ -358,10 +358,10 @@ class AvatarDataset(Dataset):
             frame=key.frame,
             cam=key.cam,
             camera=camera,
-            image=_image_tensor(image),
+            image=image_tensor(image),
             mask=torch.from_numpy(np.ascontiguousarray(mask)),
             depth=torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32)),
-            texture=_image_tensor(texture),
+            texture=image_tensor(texture),
             posmap=torch.from_numpy(np.ascontiguousarray(posmap.transpose(2, 0, 1))),
             R=torch.as_tensor(R, dtype=torch.float32),
             t=torch.as_tensor(t, dtype=torch.float32),
@@ -405,6 +405,6 @@ def _expect_shape(array: np.ndarray, size: tuple[int, int], path: Path, what: st
     return array
 
 
-def _image_tensor(image: np.ndarray) -> torch.Tensor:
+def image_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
