@@ -38,7 +38,15 @@ from npva.fileio import atomic_path
 from npva.geometry.camera import Camera, look_at, pixel_rays
 from npva.geometry.mesh import to_world, vertex_normals
 from npva.geometry.raster import interpolate, rasterize_camera
-from npva.io.multiface import read_frame_list, read_image, read_image_size, read_krt, read_obj, read_transform
+from npva.io.multiface import (
+    read_frame_list,
+    read_image,
+    read_image_size,
+    read_krt,
+    read_obj,
+    read_transform,
+    resize_image,
+)
 from npva.preprocess.gendir import GenDir, read_manifest, read_posmap
 from npva.train.data import TrainSample, image_tensor, training_size
 
@@ -133,8 +141,8 @@ def driving_sample(ctx: EvalContext, seq: str, frame: str, camera: Camera) -> Tr
     empty (zeros) of the camera's size."""
     layout = ctx.layout
     size = ctx.config.data.texture_size
-    texture_path = layout.average_texture(seq, frame)
-    texture = read_image(texture_path, (size, size))
+    full_texture = read_image(layout.average_texture(seq, frame))
+    texture = resize_image(full_texture, (size, size))
     posmap = read_posmap(GenDir(ctx.gendir).posmap(seq, frame), ctx.avatar.mean_map.shape[-1])
     R, t = read_transform(layout.transform(seq, frame))
     height, width = camera.height, camera.width
@@ -151,7 +159,7 @@ def driving_sample(ctx: EvalContext, seq: str, frame: str, camera: Camera) -> Tr
         posmap=torch.from_numpy(np.ascontiguousarray(posmap.transpose(2, 0, 1))),
         R=torch.as_tensor(R, dtype=torch.float32),
         t=torch.as_tensor(t, dtype=torch.float32),
-        full_texture=image_tensor(read_image(texture_path)) if ctx.config.render.texture_lookup else None,
+        full_texture=image_tensor(full_texture) if ctx.config.render.texture_lookup else None,
     )
     return sample.to(ctx.device)
 

@@ -517,7 +517,7 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
     return height, width
 
 
-def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize (H, W, C) to size (H', W'): area averaging when shrinking, bilinear when enlarging."""
     height, width = size
     if (height, width) == image.shape[:2]:
@@ -536,7 +536,7 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
             path, "expected an image file, found one that cannot be decoded (corrupt or truncated)"
         )
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return image if size is None else _resize(image, size)
+    return image if size is None else resize_image(image, size)
 
 
 def write_image(path: str | Path, image: np.ndarray) -> None:
@@ -573,7 +573,7 @@ def load_camera_image(
     if camera.height is None or camera.width is None:
         camera = camera.with_size(*image.shape[:2])
     if size is not None:
-        image = _resize(image, size)
+        image = resize_image(image, size)
     return image, camera.resized(*image.shape[:2])
 
 

@@ -39,6 +39,7 @@ from npva.io.multiface import (
     read_krt,
     read_obj,
     read_transform,
+    resize_image,
     write_image,
 )
 from npva.io.subject import SubjectLayout
@@ -343,12 +344,10 @@ class AvatarDataset(Dataset):
         else:
             depth = np.zeros(size, np.float32)
         texture_size = self.config.texture_size
-        texture = read_image(self.layout.average_texture(key.seq, key.frame), (texture_size, texture_size))
+        full_texture = read_image(self.layout.average_texture(key.seq, key.frame))
+        texture = resize_image(full_texture, (texture_size, texture_size))
         posmap = read_posmap(self.gendir.posmap(key.seq, key.frame), self.uv_size)
         R, t = read_transform(self.layout.transform(key.seq, key.frame))
-        full_texture = None
-        if self.full_texture:
-            full_texture = image_tensor(read_image(self.layout.average_texture(key.seq, key.frame)))
         point_posmap = None
         if self.point_map_size > 0:
             point_posmap = torch.from_numpy(self._point_posmap(key, R, t).transpose(2, 0, 1).copy())
@@ -365,7 +364,7 @@ class AvatarDataset(Dataset):
             posmap=torch.from_numpy(np.ascontiguousarray(posmap.transpose(2, 0, 1))),
             R=torch.as_tensor(R, dtype=torch.float32),
             t=torch.as_tensor(t, dtype=torch.float32),
-            full_texture=full_texture,
+            full_texture=image_tensor(full_texture) if self.full_texture else None,
             point_posmap=point_posmap,
         )
 
