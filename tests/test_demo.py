@@ -44,5 +44,5 @@ def test_demo_refuses_a_directory_of_another_preset(tmp_path, capsys):
     out = tmp_path / "demo"
     out.mkdir()
     (out / "demo.json").write_text(json.dumps({"preset": "demo", "seed": 0}))
-    assert main(["demo", "--preset", "tiny", "--out", str(out)]) == 2
+    assert main(["demo", "--preset", "tiny", "--out", str(out)]) == 3
     assert "demo.json" in capsys.readouterr().err

@@ -305,12 +305,12 @@ def test_cli_legacy_uses_camera_400029(tiny_checkpoint, tmp_path):
     entry = report["summary"]["avatar"]["image"]
     assert entry["psnr"] == pytest.approx(10 * math.log10(255**2 / entry["mse"]))
     assert len((out / "metrics.csv").read_text().splitlines()) == 2
-    assert main(["metrics", *argv, "--cameras", "400008", "--out", str(out), "--no-progress"]) == 2
+    assert main(["metrics", *argv, "--cameras", "400008", "--out", str(out), "--no-progress"]) == 3
 
 
 def test_cli_bad_checkpoint_path(tmp_path, capsys):
     missing = tmp_path / "no_such_run"
-    assert main(["metrics", str(missing), "--img-list", "test", "--no-progress"]) == 2
+    assert main(["metrics", str(missing), "--img-list", "test", "--no-progress"]) == 3
     assert str(missing) in capsys.readouterr().err
 
 

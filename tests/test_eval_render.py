@@ -225,13 +225,13 @@ def test_displacement_image_decodes_within_a_quantization_step():
     np.testing.assert_allclose(decoded, displacement, atol=scale / 255 + 1e-6)
 
 
-def test_bad_checkpoint_exits_2_naming_it(tmp_path, capsys):
+def test_bad_checkpoint_exits_3_naming_it(tmp_path, capsys):
     missing = tmp_path / "nothing.pt"
-    assert main(["render", str(missing), "--img-list", "test"]) == 2
+    assert main(["render", str(missing), "--img-list", "test"]) == 3
     assert str(missing) in capsys.readouterr().err
     damaged = tmp_path / "damaged.pt"
     damaged.write_bytes(b"not a checkpoint")
-    assert main(["render", str(damaged), "--img-list", "test"]) == 2
+    assert main(["render", str(damaged), "--img-list", "test"]) == 3
     assert str(damaged) in capsys.readouterr().err
 
 

@@ -195,13 +195,13 @@ def test_cli_writes_the_run_video_by_default_from_the_default_camera(
     assert images[0].shape == (camera.height + camera.height % 2, camera.width + camera.width % 2, 3)
 
 
-def test_cli_bad_checkpoint_or_camera_exits_2_naming_it(
+def test_cli_bad_checkpoint_or_camera_exits_3_naming_it(
     tiny_checkpoint, tiny_subject, gendir, frame_list, tmp_path, capsys
 ):
     missing = tmp_path / "gone.pt"
-    assert main(["video", str(missing), "--img-list", str(frame_list)]) == 2
+    assert main(["video", str(missing), "--img-list", str(frame_list)]) == 3
     assert str(missing) in capsys.readouterr().err
     args = ["video", str(tiny_checkpoint), "--img-list", str(frame_list), "--subject", str(tiny_subject)]
-    assert main([*args, "--gendir", str(gendir), "--camera", "999999", "--out", str(tmp_path / "v.mp4")]) == 2
+    assert main([*args, "--gendir", str(gendir), "--camera", "999999", "--out", str(tmp_path / "v.mp4")]) == 3
     assert "999999" in capsys.readouterr().err
     assert not (tmp_path / "v.mp4").exists()

@@ -230,5 +230,5 @@ def test_summary_limits_problems_per_category(io_subject, capsys):
 
 
 def test_subject_directory_missing(tmp_path, capsys):
-    assert main(["check", str(tmp_path / "nowhere")]) == 2
+    assert main(["check", str(tmp_path / "nowhere")]) == 3
     assert "nowhere: missing subject directory" in capsys.readouterr().err

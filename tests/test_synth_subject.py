@@ -273,7 +273,7 @@ def test_refuses_a_foreign_directory(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(NpvaError, match="not empty"):
         write_subject(tmp_path, "tiny", 0)
-    assert main(["synth", "--preset", "tiny", "--out", str(tmp_path)]) == 2
+    assert main(["synth", "--preset", "tiny", "--out", str(tmp_path)]) == 3
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
     with pytest.raises(NpvaError, match="unknown synth preset"):
         write_subject(tmp_path / "new", "huge", 0)

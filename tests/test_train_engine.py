@@ -140,9 +140,9 @@ def test_train_needs_a_preprocessed_subject(tiny_subject, tmp_path, capsys):
     empty = tmp_path / "nothing"
     empty.mkdir()
     args = ["train", str(tiny_subject), "--out", str(tmp_path / "run"), "--gendir", str(empty)]
-    assert main([*args, "--preset", "tiny"]) == 2
+    assert main([*args, "--preset", "tiny"]) == 3
     assert "npva preprocess" in capsys.readouterr().err
-    assert main([*args, "--preset", "tiny", "--set", "train.lrr=1"]) == 2
+    assert main([*args, "--preset", "tiny", "--set", "train.lrr=1"]) == 3
     assert "unknown setting 'train.lrr'" in capsys.readouterr().err
 
 

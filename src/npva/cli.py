@@ -10,6 +10,12 @@ from npva import __version__
 from npva.config import PreprocessConfig
 from npva.errors import NpvaError
 
+# Exit statuses (README, "Exit status"); argparse exits 2 on a usage error.
+EXIT_PROBLEMS = 1  # the command ran and reported problems (check: not usable; preprocess: some failed)
+EXIT_BAD_INPUT = 3  # a file missing or malformed, settings that contradict, a run directory in use
+EXIT_SYSTEM = 4  # the operating system refused to read or write (permission, full disk, ...)
+EXIT_INTERRUPTED = 130
+
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from npva.synth import write_subject
@@ -24,7 +30,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     report = check_subject(Path(args.subject))
     print(report.summary(max_lines=args.max_lines))
-    return 0 if report.usable else 1
+    return 0 if report.usable else EXIT_PROBLEMS
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:
@@ -51,7 +57,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(summary)
-    return 1 if summary.failed else 0
+    return EXIT_PROBLEMS if summary.failed else 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -312,13 +318,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line naming the file(s) of an OSError and the cause."""
+    cause = exc.strerror or str(exc)
+    if exc.filename is None:
+        return cause
+    names = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+    return f"{names}: {cause}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except NpvaError as exc:
         print(f"npva {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"npva {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_SYSTEM
     except KeyboardInterrupt:
         print(f"npva {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

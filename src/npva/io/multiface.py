@@ -13,6 +13,7 @@ import json
 import math
 import os
 import struct
+import unicodedata
 import zipfile
 import zlib
 from collections.abc import Iterable, Sequence
@@ -54,10 +55,11 @@ def _require_file(path: Path, what: str) -> None:
 
 
 def _read_lines(path: Path, what: str) -> list[str]:
-    """Lines of a UTF-8 text file, without line ends; line i + 1 of the file is element i."""
+    """Lines of a UTF-8 text file (a leading byte-order mark dropped), without line ends; line i + 1
+    of the file is element i."""
     data = _read_bytes(path, what)
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise FormatError(path, f"expected a {what} text file, found bytes that are not text", line) from None
@@ -141,6 +143,37 @@ def _check_rotation(path: Path, lineno: int, R: np.ndarray, what: str) -> None:
         )
 
 
+# Unicode categories a name may not contain: control, format (invisible), surrogate, private, unassigned
+# characters and separators (spaces, line and paragraph separators).
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+_PATH_SEPARATORS = "/\\:"
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a camera, sequence or frame name, or None when it can.
+
+    A name becomes one component of the paths npva reads and writes, so it must be a plain file name:
+    not empty, not "." or "..", without path separators (/, \\ or :, so never absolute) and without
+    control or invisible characters.
+    """
+    if name in ("", ".", ".."):
+        return f"{name!r} is not a file name"
+    if any(c in _PATH_SEPARATORS for c in name):
+        return f"{name!r} contains a path separator (/, \\ or :)"
+    hidden = [c for c in name if unicodedata.category(c) in _HIDDEN_CATEGORIES]
+    if hidden:
+        return f"{name!r} contains the control or invisible character U+{ord(hidden[0]):04X}"
+    return None
+
+
+def _check_name(path: Path, lineno: int | None, name: str, what: str) -> str:
+    """`name`, or FormatError when it is not a plain file name (see name_problem)."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise FormatError(path, f"expected a {what} name that is a plain file name: {problem}", lineno)
+    return name
+
+
 def _format_numbers(values: Iterable[float]) -> str:
     """Numbers in their shortest exact text form, space separated."""
     return " ".join(repr(float(v)) for v in values)
@@ -168,7 +201,7 @@ def read_krt(path: str | Path) -> dict[str, Camera]:
                 f"expected a camera name (one token), found {len(tokens)} tokens: {_clip(line)}",
                 name_line,
             )
-        name = tokens[0]
+        name = _check_name(path, name_line, tokens[0], "camera")
         if name in cameras:
             raise FormatError(path, f"camera {name!r} is defined twice", name_line)
         K = np.array([cursor.numbers(3, f"row {i + 1} of K of camera {name}") for i in range(3)])
@@ -192,8 +225,8 @@ def write_krt(path: str | Path, cameras: Iterable[Camera]) -> None:
     """Write cameras as KRT blocks (name, K, distortion, [R | t], blank line), in the given order."""
     blocks = []
     for camera in cameras:
-        if not camera.name or any(c.isspace() for c in camera.name):
-            raise ValueError(f"camera name must be one non-empty token, got {camera.name!r}")
+        if (problem := name_problem(camera.name)) is not None:
+            raise ValueError(f"camera name must be a plain file name: {problem}")
         rows = [camera.name, *(_format_numbers(row) for row in camera.K), _format_numbers(camera.dist)]
         rows += [_format_numbers((*r, t)) for r, t in zip(camera.R, camera.t, strict=True)]
         blocks.append("\n".join(rows) + "\n\n")
@@ -423,7 +456,7 @@ def read_frame_list(path: str | Path) -> list[tuple[str, str]]:
         sequence, frame = tokens
         if not (frame.isascii() and frame.isdigit()):
             raise FormatError(path, f"expected a frame id of digits, found {frame!r}", lineno)
-        entries.append((sequence, frame))
+        entries.append((_check_name(path, lineno, sequence, "sequence"), frame))
     return entries
 
 
@@ -431,9 +464,10 @@ def write_frame_list(path: str | Path, entries: Iterable[tuple[str, str]]) -> No
     """Write "<seq> <frame>" lines."""
     rows = []
     for sequence, frame in entries:
-        if not sequence or any(c.isspace() for c in sequence) or not (frame.isascii() and frame.isdigit()):
+        if name_problem(sequence) is not None or not (frame.isascii() and frame.isdigit()):
             raise ValueError(
-                f"expected a sequence name without spaces and a frame id of digits, got {(sequence, frame)}"
+                f"expected a sequence name that is a plain file name and a frame id of digits, "
+                f"got {(sequence, frame)}"
             )
         rows.append(f"{sequence} {frame}\n")
     with atomic_open(path) as f:
@@ -466,7 +500,7 @@ def read_camera_split(path: str | Path) -> dict[str, list[str]]:
         bad = [n for n in names if isinstance(n, bool) or not isinstance(n, str | int)]
         if bad:
             raise FormatError(path, f"expected camera names (strings) in {key!r}, found {bad[0]!r}", line)
-        split[key] = [str(n) for n in names]
+        split[key] = [_check_name(path, line, str(n), "camera") for n in names]
     return split
 
 

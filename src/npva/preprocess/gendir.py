@@ -22,23 +22,27 @@ import cv2
 import numpy as np
 
 from npva.errors import FormatError, MissingFileError
-from npva.fileio import atomic_open, atomic_path
+from npva.fileio import atomic_open, inside
+from npva.io.multiface import write_image
 
 FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
 class GenDir:
+    """Paths of the files of a gendir; the per-frame ones are checked to stay inside it (fileio.inside:
+    no symbolic link below the root), since sequence, camera and frame names come from the subject."""
+
     root: Path
 
     def posmap(self, seq: str, frame: str) -> Path:
-        return self.root / "posMap" / seq / f"{frame}.npy"
+        return inside(self.root, self.root / "posMap" / seq / f"{frame}.npy")
 
     def mask(self, seq: str, cam: str, frame: str) -> Path:
-        return self.root / "rast_mask" / seq / cam / f"{frame}.png"
+        return inside(self.root, self.root / "rast_mask" / seq / cam / f"{frame}.png")
 
     def depth(self, seq: str, cam: str, frame: str) -> Path:
-        return self.root / "depths" / seq / cam / f"{frame}.npz"
+        return inside(self.root, self.root / "depths" / seq / cam / f"{frame}.npz")
 
     @property
     def pos_mean(self) -> Path:
@@ -71,9 +75,7 @@ def write_npy(path: Path, array: np.ndarray) -> None:
 
 def write_mask(path: Path, mask: np.ndarray) -> None:
     """mask: (H, W) bool -> 8-bit PNG with 0/255."""
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), np.where(mask, 255, 0).astype(np.uint8)):
-            raise OSError(f"{path}: could not write PNG")
+    write_image(path, np.where(mask, 255, 0).astype(np.uint8))
 
 
 def write_depth_npz(path: Path, depth_mm: np.ndarray) -> None:
@@ -114,6 +116,8 @@ def read_posmap(path: Path, size: int | None = None) -> np.ndarray:
         raise FormatError(path, f"expected a (S, S, 3) position map, got shape {array.shape}")
     if size is not None and array.shape[0] != size:
         raise FormatError(path, f"expected a {size}x{size} position map, got {array.shape[0]}")
+    if not np.isfinite(array).all():
+        raise FormatError(path, "expected finite positions, found NaN or infinity")
     return array.astype(np.float32, copy=False)
 
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from npva import __version__
 from npva.config import PreprocessConfig
 from npva.errors import FormatError, MissingFileError, NpvaError
+from npva.fileio import UnsafePathError, remove_temporaries
 from npva.geometry.camera import Camera
 from npva.geometry.mesh import to_face_frame
 from npva.geometry.raster import coverage_mask, rasterize_camera
@@ -41,6 +42,9 @@ from npva.preprocess import gendir as gd
 from npva.preprocess.uvlayout import MouthStretch, PositionMapSampler, grid_faces
 
 Frame = tuple[str, str]  # (sequence, frame id)
+# Temporary files of unfinished writes older than this are left by killed runs (shards running beside
+# this one keep theirs fresh) and are removed.
+STALE_TEMPORARY_S = 3600.0
 
 
 @dataclass
@@ -131,7 +135,8 @@ def _imported_depth(ctx: Context, seq: str, cam: str, frame: str, shape: tuple[i
 
 
 def process_frame(ctx: Context, seq: str, frame: str) -> Summary:
-    """Make the missing outputs of one frame; never raises for bad input, reports it instead."""
+    """Make the missing outputs of one frame; never raises for bad input, reports it instead (an
+    output path leading outside the gendir is no frame's fault: UnsafePathError stops the run)."""
     summary = Summary()
     layout, out = SubjectLayout(ctx.subject), gd.GenDir(ctx.gendir)
     size = ctx.config.uv_size
@@ -143,6 +148,8 @@ def process_frame(ctx: Context, seq: str, frame: str) -> Summary:
             R, t = read_transform(layout.transform(seq, frame))
             gd.write_npy(out.posmap(seq, frame), ctx.sampler.position_map(to_face_frame(world, R, t)))
             summary.made += 1
+    except UnsafePathError:
+        raise
     except (NpvaError, OSError) as exc:
         summary.failed.append(f"{seq} {frame}: {exc}")
         return summary
@@ -150,6 +157,8 @@ def process_frame(ctx: Context, seq: str, frame: str) -> Summary:
     for cam, camera in ctx.cameras.items():
         try:
             summary.merge(_process_view(ctx, layout, out, verts, seq, cam, frame, camera))
+        except UnsafePathError:
+            raise
         except (NpvaError, OSError) as exc:
             summary.failed.append(f"{seq} {frame} camera {cam}: {exc}")
     return summary
@@ -291,6 +300,7 @@ def preprocess_subject(
     out = gd.GenDir(gendir or subject / "gendir")
     settings = dataclasses.asdict(config)
     _check_manifest(out, settings)
+    remove_temporaries(out.root, min_age_s=STALE_TEMPORARY_S)
     cameras = read_krt(layout.krt)
     frames = read_frame_list(layout.frame_list)
     if not frames:

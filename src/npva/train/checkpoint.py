@@ -17,12 +17,18 @@ A checkpoint is a dict that torch.load(weights_only=True) reads:
   perceptual: the name of the perceptual loss used ("lpips-vgg", "st-lpips-vgg", ...) or None
   rank_digests: per process, SHA-256 digests of its parameters and of its GEP error maps when saved
       (the processes must agree)
+  sha256: SHA-256 of everything else (state_digest), checked on load so that a file damaged on disk is
+      never used (files written before it existed load unchecked)
+
+Checkpoints newer than the newest good one are damaged files a resumed run skipped; when it saves, they
+are renamed to step_<n>.pt.damaged (kept, no longer counted) before the oldest checkpoints are pruned.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import re
 from collections.abc import Iterable
@@ -35,7 +41,7 @@ from torch import nn
 
 from npva.config import ExperimentConfig, merge_settings
 from npva.errors import FormatError, MissingFileError
-from npva.fileio import atomic_open
+from npva.fileio import atomic_open, inside
 from npva.model.render import UVTemplate
 from npva.train.avatar import Avatar
 
@@ -63,6 +69,7 @@ REQUIRED_KEYS = (
     "rank_digests",
 )
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
+DAMAGED_SUFFIX = ".damaged"
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -70,7 +77,15 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return checkpoint_dir(run_dir) / f"step_{step:08d}.pt"
+    return inside(run_dir, checkpoint_dir(run_dir) / f"step_{step:08d}.pt")
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step in a checkpoint file's name (step_<n>.pt)."""
+    match = _NAME.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path} is not named step_<n>.pt")
+    return int(match[1])
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -78,17 +93,43 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     folder = checkpoint_dir(run_dir)
     if not folder.is_dir():
         return []
-    found = [(int(m[1]), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
-    return [p for _, p in sorted(found)]
+    return sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=checkpoint_step)
+
+
+def _feed(digest: Any, value: Any) -> None:
+    """Add a value of a checkpoint state to a hashlib digest: its type, structure and exact contents."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"tensor {tensor.dtype} {tuple(tensor.shape)}:".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        digest.update(f"dict {len(value)}:".encode())
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, list | tuple):
+        digest.update(f"{type(value).__name__} {len(value)}:".encode())
+        for item in value:
+            _feed(digest, item)
+    else:
+        digest.update(f"{type(value).__name__} {value!r};".encode())
+
+
+def state_digest(state: dict[str, Any]) -> str:
+    """SHA-256 over every entry of a checkpoint state but "sha256" (keys, values, tensor bytes, in order)."""
+    digest = hashlib.sha256()
+    _feed(digest, {key: value for key, value in state.items() if key != "sha256"})
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` to `path` atomically: a crash leaves the previous file or the complete new one."""
+    """Write `state` with its SHA-256 to `path` atomically: a crash leaves the previous file or the
+    complete new one."""
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
         raise ValueError(f"checkpoint state lacks {', '.join(missing)}")
     with atomic_open(path, "wb") as f:
-        torch.save(state, f)
+        torch.save({**state, "sha256": state_digest(state)}, f)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -107,6 +148,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
         raise FormatError(path, f"incomplete checkpoint: no {', '.join(missing)}")
+    if "sha256" in state and state["sha256"] != state_digest(state):
+        raise FormatError(path, "damaged checkpoint: its contents do not match the SHA-256 stored in it")
     return state
 
 
@@ -121,9 +164,22 @@ def latest_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -
     return None
 
 
-def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    """Delete all but the `keep` newest checkpoints (at least one is kept)."""
-    for path in list_checkpoints(run_dir)[: -max(1, keep)]:
+def prune_checkpoints(run_dir: Path, newest: Path, keep: int) -> None:
+    """After `newest` (a checkpoint just written, so good) is saved: set aside the checkpoints of later
+    steps (damaged files a resume skipped: renamed to *.damaged, no longer counted), then delete all
+    but the `keep` newest of the rest (at least `newest` is kept)."""
+    step = checkpoint_step(newest)
+    older = []
+    for path in list_checkpoints(run_dir):
+        if checkpoint_step(path) > step:
+            aside = path.with_name(path.name + DAMAGED_SUFFIX)
+            log.warning(
+                "%s is newer than the last good checkpoint %s: renamed to %s", path, newest, aside.name
+            )
+            os.replace(path, aside)
+        else:
+            older.append(path)
+    for path in older[: -max(1, keep)]:
         path.unlink(missing_ok=True)
 
 

@@ -14,8 +14,9 @@ number of processes) (distributed.StepOrder). A resumed run continues exactly wh
 left off; the global generator states are saved and restored as well, for anything that draws from them.
 
 A run directory holds config.yaml (the settings), checkpoints/step_<n>.pt (the newest
-train.keep_checkpoints of them), tensorboard/ (scalars and validation images) and, once the run ends,
-summary.json. Running again with the same directory resumes from its newest checkpoint.
+train.keep_checkpoints of them), tensorboard/ (scalars and validation images), train.lock while a
+training writes it and, once the run ends, summary.json. Running again with the same directory resumes
+from its newest good checkpoint (checkpoint.py says what happens to damaged ones).
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import filelock
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -39,7 +41,7 @@ from tqdm import tqdm
 from npva import __version__
 from npva.config import ExperimentConfig, save_config, to_dict
 from npva.errors import MissingFileError, NpvaError
-from npva.fileio import atomic_open
+from npva.fileio import atomic_open, remove_temporaries
 from npva.model.points import point_texel_mask, upsample_coarse_map
 from npva.model.render import RenderOutput
 from npva.preprocess.gendir import GenDir, read_manifest
@@ -66,6 +68,7 @@ from npva.train.perceptual import make_perceptual_loss
 log = logging.getLogger(__name__)
 
 RUN_CONFIG = "config.yaml"
+LOCK = "train.lock"
 SUMMARY = "summary.json"
 TENSORBOARD = "tensorboard"
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}
@@ -173,9 +176,34 @@ def train(subject: Path, run_dir: Path, config: ExperimentConfig, gendir: Path |
     """
     ctx = init_distributed(config.train.device)
     try:
-        return Trainer(Path(subject), Path(run_dir), config, gendir, ctx).run()
+        with run_lock(Path(run_dir), ctx.is_main):
+            return Trainer(Path(subject), Path(run_dir), config, gendir, ctx).run()
     finally:
         shutdown(ctx)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, main_process: bool) -> Iterator[None]:
+    """Hold RUN_DIR/train.lock (it records the holder's pid) while the main process trains, after
+    removing what killed trainings left behind (temporary checkpoint files); NpvaError while another
+    training holds it. A lock whose holder died is taken over."""
+    if not main_process:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = filelock.SoftFileLock(run_dir / LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise NpvaError(
+            f"{run_dir / LOCK}: another training (pid {lock.pid}) is writing this run directory; "
+            f"wait for it to end or train into another --out"
+        ) from None
+    try:
+        remove_temporaries(ckpt.checkpoint_dir(run_dir))
+        yield
+    finally:
+        lock.release()
 
 
 def saved_run_config(run_dir: Path) -> ExperimentConfig | None:
@@ -602,8 +630,9 @@ class Trainer:
             "perceptual": None if self.perceptual is None else self.perceptual.name,
             "rank_digests": digests,
         }
-        ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.step), state)
-        ckpt.prune_checkpoints(self.run_dir, self.config.train.keep_checkpoints)
+        path = ckpt.checkpoint_path(self.run_dir, self.step)
+        ckpt.save_checkpoint(path, state)
+        ckpt.prune_checkpoints(self.run_dir, path, self.config.train.keep_checkpoints)
 
     def _restore(self, path: Path, state: dict[str, Any]) -> None:
         keys = [tuple(key) for key in state["data"]["keys"]]

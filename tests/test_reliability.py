@@ -1,0 +1,229 @@
+"""Reliability on the tiny subject: names that would leave their folder, damaged checkpoints and pruning,
+the run lock, operating-system errors at the command line, writes that check what they wrote."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from npva.cli import main
+from npva.errors import FormatError
+from npva.fileio import atomic_open, atomic_path, remove_temporaries
+from npva.io.multiface import read_camera_split, read_frame_list, read_krt
+from npva.io.subject import SubjectLayout
+from npva.preprocess import gendir as gd
+from npva.train import checkpoint as ckpt
+from npva.train.engine import run_lock
+
+
+@pytest.fixture
+def subject(tiny_subject: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny subject without its preprocessing output, to damage."""
+    copy = tmp_path / "subject"
+    shutil.copytree(tiny_subject, copy, ignore=shutil.ignore_patterns("gendir"))
+    return copy
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---- names read from a subject ---------------------------------------------------------------------
+
+
+def test_absolute_camera_name_is_refused_and_its_folder_untouched(subject, tmp_path, capsys):
+    layout = SubjectLayout(subject)
+    seq, frame = read_frame_list(layout.frame_list)[0]
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    shutil.copy(layout.image(seq, "400029", frame), victim / f"{frame}.png")
+    before = _files(victim)
+    krt = layout.krt.read_text().splitlines()
+    line = krt.index("400008") + 1
+    krt[line - 1] = str(victim)
+    layout.krt.write_text("\n".join(krt) + "\n")
+
+    assert main(["preprocess", str(subject), "--uv-size", "32", "--no-progress"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{layout.krt}:{line}: expected a camera name that is a plain file name" in err
+    assert _files(victim) == before and not (subject / "gendir").exists()
+    assert main(["check", str(subject)]) == 1
+    assert "NOT usable" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "reader", "line"),
+    [
+        ("KRT", "../../x\n", read_krt, 1),
+        ("frame_list.txt", "E001 000001\n../evil 000002\n", read_frame_list, 2),
+        ("list.txt", "E001\u200b 000001\n", read_frame_list, 1),
+        ("list.txt", "C:evil 000001\n", read_frame_list, 1),
+        ("split.json", '{"train": ["400029", "/abs"], "test": []}', read_camera_split, 1),
+    ],
+)
+def test_names_that_are_not_plain_file_names_are_refused(tmp_path, name, text, reader, line):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(FormatError, match="plain file name") as caught:
+        reader(path)
+    assert caught.value.line == line and caught.value.path == path
+
+
+def test_byte_order_mark_is_not_part_of_a_sequence_name(tmp_path):
+    path = tmp_path / "frame_list.txt"
+    path.write_bytes("\ufeffE001_Neutral_Eyes_Open 000001\n".encode())
+    assert read_frame_list(path) == [("E001_Neutral_Eyes_Open", "000001")]
+
+
+def test_symbolic_link_inside_the_gendir_is_refused(tiny_subject, tmp_path, capsys):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "g"
+    out.mkdir()
+    (out / "rast_mask").symlink_to(outside, target_is_directory=True)
+    args = ["preprocess", str(tiny_subject), "--uv-size", "32", "--gendir", str(out), "--no-progress"]
+    assert main(args) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "symbolic link inside the output folder" in err
+    assert not any(outside.iterdir())
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------
+
+
+def _tiny_run_arguments(subject: Path, gendir: Path, run_dir: Path) -> list[str]:
+    """`npva train` arguments with the settings of the tiny_checkpoint fixture's run."""
+    settings = ["train.epochs=10", "train.val_every=0", "train.keep_checkpoints=1"]
+    args = ["train", str(subject), "--out", str(run_dir), "--gendir", str(gendir), "--preset", "tiny"]
+    return args + [f"--set={setting}" for setting in settings]
+
+
+def test_damaged_only_checkpoint_is_set_aside_not_counted(tiny_subject, gendir, tiny_checkpoint, tmp_path):
+    run_dir = tmp_path / "run"
+    damaged = ckpt.checkpoint_path(run_dir, 10)
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(tiny_checkpoint.read_bytes()[:100000])
+
+    assert main([*_tiny_run_arguments(tiny_subject, gendir, run_dir), "--set", "train.stop_after=3"]) == 0
+    names = sorted(p.name for p in ckpt.checkpoint_dir(run_dir).iterdir())
+    assert names == ["step_00000003.pt", "step_00000010.pt.damaged"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert Path(summary["checkpoint"]).is_file() and summary["step"] == 3
+    assert not (run_dir / "train.lock").exists()
+
+
+def test_pruning_keeps_the_newest_good_checkpoint(tmp_path):
+    paths = {step: ckpt.checkpoint_path(tmp_path, step) for step in (10, 15, 20, 30)}
+    paths[10].parent.mkdir()
+    for path in paths.values():
+        path.write_bytes(b"checkpoint")
+    ckpt.prune_checkpoints(tmp_path, paths[15], keep=1)  # 20 and 30: skipped as damaged on resume
+    names = sorted(p.name for p in ckpt.checkpoint_dir(tmp_path).iterdir())
+    assert names == ["step_00000015.pt", "step_00000020.pt.damaged", "step_00000030.pt.damaged"]
+
+
+def test_bit_rot_in_a_checkpoint_is_detected(tiny_checkpoint, tmp_path):
+    state = ckpt.load_checkpoint(tiny_checkpoint)
+    data = bytearray(tiny_checkpoint.read_bytes())
+    tensors = [value for value in state["model"].values() if isinstance(value, torch.Tensor)]
+    offset = bytes(data).find(max(tensors, key=torch.Tensor.numel).numpy().tobytes())
+    assert offset > 0
+    data[offset + 17] ^= 0x10
+    rotten = ckpt.checkpoint_path(tmp_path, 10)
+    rotten.parent.mkdir()
+    rotten.write_bytes(data)
+    with pytest.raises(FormatError, match="SHA-256"):
+        ckpt.load_checkpoint(rotten)
+    assert ckpt.latest_checkpoint(tmp_path) is None
+
+
+def test_a_second_training_of_one_run_directory_is_refused(tiny_subject, gendir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    with run_lock(run_dir, main_process=True):
+        assert main(_tiny_run_arguments(tiny_subject, gendir, run_dir)) == 3
+    err = capsys.readouterr().err
+    assert f"{run_dir / 'train.lock'}: another training (pid {os.getpid()})" in err
+    assert not ckpt.checkpoint_dir(run_dir).exists()
+
+
+def test_run_lock_removes_temporary_checkpoint_files(tmp_path):
+    leftover = ckpt.checkpoint_dir(tmp_path) / ".step_00000010.1a2b3c4d.npva-tmp.pt"
+    leftover.parent.mkdir()
+    leftover.write_bytes(b"partial")
+    with run_lock(tmp_path, main_process=True):
+        assert not leftover.exists()
+
+
+# ---- operating-system errors and checked writes ----------------------------------------------------
+
+
+def test_full_disk_is_one_line_with_its_own_exit_status(subject, monkeypatch, capsys):
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(gd, "write_json", full)
+    assert main(["preprocess", str(subject), "--uv-size", "32", "--no-progress"]) == 4
+    err = capsys.readouterr().err.strip()
+    assert err == f"npva preprocess: error: {subject / 'gendir' / 'manifest.json'}: No space left on device"
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs permissions that bind")
+def test_read_only_output_folder_is_one_line(subject, tmp_path, capsys):
+    out = tmp_path / "read_only"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        args = ["preprocess", str(subject), "--uv-size", "32", "--gendir", str(out / "g"), "--no-progress"]
+        assert main(args) == 4
+    finally:
+        out.chmod(0o700)
+    assert "Permission denied" in capsys.readouterr().err
+
+
+def test_a_writer_that_writes_nothing_leaves_no_file(tmp_path):
+    target = tmp_path / "mask.png"
+    with pytest.raises(OSError, match="nothing was written"), atomic_path(target):
+        pass  # as cv2.imwrite does on a full disk, reporting success
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        with atomic_open(tmp_path / "a.txt") as f:
+            f.write("text")
+        gd.write_mask(tmp_path / "m.png", np.ones((4, 4), dtype=bool))
+    finally:
+        os.umask(previous)
+    assert {(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {0o640}
+
+
+def test_stale_temporary_files_are_removed(tmp_path):
+    fresh = tmp_path / "a" / ".0001.deadbeef.npva-tmp.npy"
+    stale = tmp_path / "b" / ".0002.deadbeef.npva-tmp.npy"
+    for path in (fresh, stale):
+        path.parent.mkdir()
+        path.write_bytes(b"partial")
+    os.utime(stale, (0, 0))
+    assert remove_temporaries(tmp_path, min_age_s=3600) == 1
+    assert fresh.exists() and not stale.exists()
+
+
+# ---- position maps ---------------------------------------------------------------------------------
+
+
+def test_non_finite_position_map_is_named(tmp_path):
+    path = tmp_path / "000001.npy"
+    posmap = np.zeros((4, 4, 3), dtype=np.float32)
+    posmap[1, 2, 0] = np.nan
+    np.save(path, posmap)
+    with pytest.raises(FormatError, match="finite"):
+        gd.read_posmap(path, 4)
