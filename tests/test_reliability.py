@@ -217,6 +217,38 @@ def test_stale_temporary_files_are_removed(tmp_path):
     assert fresh.exists() and not stale.exists()
 
 
+# ---- bad inputs are skipped and counted -----------------------------------------------------------
+
+
+def test_truncated_exr_is_malformed_for_check_and_skipped_by_preprocess(subject, capsys):
+    layout = SubjectLayout(subject)
+    seq, frame = read_frame_list(layout.frame_list)[0]
+    depth = layout.mvs_depth(seq, "400029", frame)
+    depth.write_bytes(depth.read_bytes()[: depth.stat().st_size // 2])
+
+    assert main(["check", str(subject)]) == 0  # MVS depth is optional
+    out = capsys.readouterr().out
+    assert f"mvs_depth/{seq}/400029/{frame}.exr: malformed: expected an OpenEXR image" in out
+    assert main(["preprocess", str(subject), "--uv-size", "32", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert f"failed: {seq} {frame} camera 400029: {depth}: expected an OpenEXR image" in captured.out
+    assert "Traceback" not in captured.err and gd.GenDir(subject / "gendir").pos_mean.is_file()
+
+
+def test_split_entry_without_frame_leaves_statistics_of_the_others(subject, tmp_path, capsys):
+    train_list = SubjectLayout(subject).split_list("train")
+    with open(train_list, "a") as f:
+        f.write("E001_Neutral_Eyes_Open 999999\n")
+    out = tmp_path / "g"
+    args = ["preprocess", str(subject), "--uv-size", "32", "--gendir", str(out), "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "1 statistics frames left out (not in the frame list), e.g. E001_Neutral_Eyes_Open 999999" in printed
+    )
+    assert gd.GenDir(out).pos_mean.is_file() and gd.GenDir(out).uv_layout.is_file()
+
+
 # ---- position maps ---------------------------------------------------------------------------------
 
 

@@ -1,9 +1,9 @@
 """`npva check`: validate a subject directory file by file, reporting every problem instead of stopping.
 
 Images and textures are checked cheaply (PNG header, size and end of file, no decoding); meshes, head
-poses and lists are parsed fully. The subject is usable when KRT and the frame list parse and every file
-the listed frames need (an image per KRT camera, the tracked mesh, the head pose, the average texture) is
-present, well formed and consistent with the others.
+poses, lists and depth maps are read fully, as preprocessing will read them. The subject is usable when
+KRT and the frame list parse and every file the listed frames need (an image per KRT camera, the tracked
+mesh, the head pose, the average texture) is present, well formed and consistent with the others.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from npva.geometry.camera import Camera
 from npva.io.multiface import (
     read_bin,
     read_camera_split,
-    read_depth_size,
+    read_depth,
     read_frame_list,
     read_image_size,
     read_krt,
@@ -187,6 +187,11 @@ def _read_wav_header(path: Path) -> None:
         raise FormatError(path, f"expected {declared} bytes as the RIFF header says, found {size}: truncated")
 
 
+def _depth_size(path: Path) -> tuple[int, int]:
+    """(H, W) of a depth map, decoded in full (a header can be whole when the pixels are cut short)."""
+    return read_depth(path).shape
+
+
 class _Checker:
     """Accumulates the categories of a CheckReport while walking a subject."""
 
@@ -276,7 +281,7 @@ class _Checker:
                     image_sizes[name].append((path, size, key))
                 if with_depth:
                     path = self.layout.mvs_depth(sequence, name, frame)
-                    if (size := self.expect("mvs_depth", path, read_depth_size)) is not None:
+                    if (size := self.expect("mvs_depth", path, _depth_size)) is not None:
                         depth_sizes[name].append((path, size, None))
         self.flag_outliers(
             "meshes",

@@ -645,7 +645,7 @@ def _read_exr_depth(path: Path) -> np.ndarray:
     try:
         exr = OpenEXR.File(str(path), separate_channels=True)
         channels = exr.channels()
-    except RuntimeError:
+    except (RuntimeError, ValueError):  # ValueError when the pixel data is cut short
         raise FormatError(
             path, "expected an OpenEXR image, found one that cannot be read (corrupt or truncated)"
         ) from None

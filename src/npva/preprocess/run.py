@@ -49,11 +49,13 @@ STALE_TEMPORARY_S = 3600.0
 
 @dataclass
 class Summary:
-    """What a run made, skipped and failed (each failure with its reason)."""
+    """What a run made, skipped and failed (each failure with its reason; `failed_frames`: the frames
+    whose position map could not be made)."""
 
     made: int = 0
     skipped: int = 0
     failed: list[str] = field(default_factory=list)
+    failed_frames: list[Frame] = field(default_factory=list)
     finalized: str = ""
     seconds: float = 0.0
 
@@ -61,6 +63,7 @@ class Summary:
         self.made += other.made
         self.skipped += other.skipped
         self.failed.extend(other.failed)
+        self.failed_frames.extend(other.failed_frames)
 
     def __str__(self) -> str:
         lines = [
@@ -152,6 +155,7 @@ def process_frame(ctx: Context, seq: str, frame: str) -> Summary:
         raise
     except (NpvaError, OSError) as exc:
         summary.failed.append(f"{seq} {frame}: {exc}")
+        summary.failed_frames.append((seq, frame))
         return summary
     verts = torch.as_tensor(world, dtype=torch.float32)
     for cam, camera in ctx.cameras.items():
@@ -235,12 +239,33 @@ def _stats_frames(subject: Path, config: PreprocessConfig, frames: list[Frame]) 
     return read_frame_list(train) if train.is_file() else frames
 
 
-def finalize(ctx: Context, stats_frames: list[Frame]) -> str:
-    """Statistics, UV grid mesh and mouth mask, once every statistics position map exists."""
+def _good_stats_frames(
+    ctx: Context, stats_frames: list[Frame], frames: list[Frame], failed: list[Frame]
+) -> tuple[list[Frame], list[str], int]:
+    """The statistics frames to use, notes on those left out (not in the frame list, or failed in this
+    run), and how many position maps are still awaited from other shards."""
     out, size = gd.GenDir(ctx.gendir), ctx.config.uv_size
-    missing = [f for f in stats_frames if not gd.posmap_ok(out.posmap(*f), size)]
-    if missing:
-        return f"statistics wait for {len(missing)} position maps (other shards or failed frames)"
+    listed, bad = set(frames), set(failed)
+    unlisted = [f for f in stats_frames if f not in listed]
+    candidates = [f for f in dict.fromkeys(stats_frames) if f in listed and f not in bad]
+    present = [f for f in candidates if gd.posmap_ok(out.posmap(*f), size)]
+    notes = [
+        f"{len(group)} statistics frames left out ({reason}), e.g. {' '.join(group[0])}"
+        for group, reason in ((unlisted, "not in the frame list"), (sorted(bad), "failed above"))
+        if group
+    ]
+    return present, notes, len(candidates) - len(present)
+
+
+def finalize(ctx: Context, stats_frames: list[Frame], frames: list[Frame], failed: list[Frame]) -> str:
+    """Statistics, UV grid mesh and mouth mask over the statistics frames that are listed and have a
+    position map, once no other shard may still make one (`failed`: frames this run could not make)."""
+    stats_frames, notes, awaited = _good_stats_frames(ctx, stats_frames, frames, failed)
+    if awaited:
+        return "; ".join([f"statistics wait for {awaited} position maps (other shards)", *notes])
+    if not stats_frames:
+        return "; ".join(["no statistics: no statistics frame has a position map", *notes])
+    out, size = gd.GenDir(ctx.gendir), ctx.config.uv_size
     coverage = ctx.sampler.coverage
     stretch = MouthStretch(coverage)
     total, total_sq = np.zeros((size, size, 3)), np.zeros((size, size, 3))
@@ -260,10 +285,11 @@ def finalize(ctx: Context, stats_frames: list[Frame]) -> str:
         mouth = stretch.mask(ctx.config.mouth_stretch, ctx.config.mouth_dilate)
     gd.write_stats(out, mean, variance)
     gd.write_uv_layout(out, coverage, grid_faces(coverage), mouth)
-    return (
+    done = (
         f"statistics over {len(stats_frames)} frames: std {np.sqrt(variance):.2f} mm; "
         f"{int(coverage.sum())} covered texels, {int(mouth.sum())} mouth texels"
     )
+    return "; ".join([done, *notes])
 
 
 def _count_outputs(out: gd.GenDir) -> dict[str, int]:
@@ -316,7 +342,8 @@ def preprocess_subject(
     )
     index, count = shard
     summary = _run_frames(ctx, frames[index::count], workers, progress)
-    summary.finalized = finalize(ctx, _stats_frames(subject, config, frames))
+    stats_frames = _stats_frames(subject, config, frames)
+    summary.finalized = finalize(ctx, stats_frames, frames, summary.failed_frames)
     gd.write_json(
         out.manifest,
         {
