@@ -30,3 +30,7 @@ class MissingFileError(NpvaError, FileNotFoundError):
 
 class ConfigError(NpvaError, ValueError):
     """Settings that contradict each other; the message names the fields and what would fit."""
+
+
+class NonFiniteError(NpvaError):
+    """Values that must be finite are not (NaN or infinity): the networks diverged."""

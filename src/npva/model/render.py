@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from npva.config import RenderConfig
+from npva.errors import NonFiniteError
 from npva.geometry.camera import Camera, pixel_rays
 from npva.geometry.mesh import uv_grid_faces
 from npva.geometry.texture import sample_texture
@@ -175,6 +176,8 @@ def build_scene(
     if cfg.densify_mm > 0:
         points = densify_points(points, size, cfg.densify_mm)
     detached = points.positions.detach()
+    if not torch.isfinite(detached).all():
+        raise NonFiniteError("non-finite neural point positions")
     with stage("sampling_query"):
         index = build_neighbour_index(
             detached,

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from npva import __version__
 from npva.config import ExperimentConfig, save_config, to_dict
-from npva.errors import MissingFileError, NpvaError
+from npva.errors import MissingFileError, NonFiniteError, NpvaError
 from npva.fileio import atomic_open, remove_temporaries
 from npva.model.points import point_texel_mask, upsample_coarse_map
 from npva.model.render import RenderOutput
@@ -444,7 +444,10 @@ class Trainer:
             pixels = self.gep.sample(sample.index, phase, sample.mask, pixel_generator).to(self.device)
             sample = sample.to(self.device, non_blocking=True)
         self.model.train()
-        out = self.model(sample, pixels, render_generator)
+        try:
+            out = self.model(sample, pixels, render_generator)
+        except NonFiniteError as exc:
+            raise self._diverged(str(exc)) from None
         colour, target = compared_colours(out.rays.colour, sample, pixels, self.config.train.background)
         with stage("losses"):
             total, terms = self._losses(out, sample, pixels, colour, target, phase)
@@ -514,13 +517,17 @@ class Trainer:
         max_norm = self.config.train.grad_clip or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.avatar.parameters(), max_norm)
         if not torch.isfinite(grad_norm):  # the same on every process: gradients are averaged
-            raise NpvaError(
-                f"non-finite gradients at step {self.step} (loss {float(total):.4g}); "
-                f"lower train.lr or set train.grad_clip, and resume from the last checkpoint"
-            )
+            raise self._diverged(f"non-finite gradients (loss {float(total):.4g})")
         self.optimizer.step()
         self.scheduler.step()
         return grad_norm
+
+    def _diverged(self, what: str) -> NonFiniteError:
+        """The error that stops a diverged run, saying what to do."""
+        return NonFiniteError(
+            f"{what} at step {self.step}; lower train.lr or set train.grad_clip, and resume from the "
+            f"last checkpoint"
+        )
 
     def _update_error_maps(self, index: int, pixels: torch.Tensor, errors: torch.Tensor) -> None:
         """Fold this step's per-cell error statistics into the maps; with several processes every
