@@ -162,6 +162,30 @@ def test_run_lock_removes_temporary_checkpoint_files(tmp_path):
         assert not leftover.exists()
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("posmap_size", "many", "checkpoint settings this npva cannot use"),
+        ("posmap_size", 16, "its model does not fit its settings"),
+    ],
+)
+def test_checkpoint_whose_settings_do_not_fit_is_named(tiny_checkpoint, tmp_path, setting, value, message):
+    state = ckpt.load_checkpoint(tiny_checkpoint)
+    state["config"]["model"][setting] = value
+    crafted = tmp_path / "crafted.pt"
+    ckpt.save_checkpoint(crafted, state)
+    with pytest.raises(FormatError, match=message) as caught:
+        ckpt.load_avatar(crafted)
+    assert caught.value.path == crafted
+
+
+def test_divergence_is_the_non_finite_error(tiny_subject, gendir, tmp_path, capsys):
+    args = _tiny_run_arguments(tiny_subject, gendir, tmp_path / "run")
+    assert main([*args, "--set", "train.lr=1e3", "--set", "train.stop_after=4"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "non-finite" in err and "lower train.lr" in err
+
+
 # ---- operating-system errors and checked writes ----------------------------------------------------
 
 

@@ -26,12 +26,13 @@ are renamed to step_<n>.pt.damaged (kept, no longer counted) before the oldest c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ import torch
 from torch import nn
 
 from npva.config import ExperimentConfig, merge_settings
-from npva.errors import FormatError, MissingFileError
+from npva.errors import FormatError, MissingFileError, NpvaError
 from npva.fileio import atomic_open, inside
 from npva.model.render import UVTemplate
 from npva.train.avatar import Avatar
@@ -150,7 +151,23 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise FormatError(path, f"incomplete checkpoint: no {', '.join(missing)}")
     if "sha256" in state and state["sha256"] != state_digest(state):
         raise FormatError(path, "damaged checkpoint: its contents do not match the SHA-256 stored in it")
+    try:
+        checkpoint_config(state)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise FormatError(path, f"checkpoint settings this npva cannot use: {exc}") from None
     return state
+
+
+@contextlib.contextmanager
+def model_fits(path: Path) -> Iterator[None]:
+    """Report a model state that does not fit its settings (another architecture, wrong tensor shapes)
+    as a FormatError naming the checkpoint, whatever the layer that finds out."""
+    try:
+        yield
+    except (NpvaError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        lines = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in lines[:2])
+        raise FormatError(path, f"its model does not fit its settings ({detail})") from None
 
 
 def latest_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict] | None:
@@ -207,21 +224,22 @@ def load_avatar(path: Path, device: str | torch.device = "cpu") -> tuple[Avatar,
     state = load_checkpoint(path)
     config = checkpoint_config(state)
     model_state = state["model"]
-    template = UVTemplate(
-        mean_map=model_state["mean_map"],
-        std=float(model_state["pos_std"]),
-        coverage=model_state["coverage"],
-        grid_faces=model_state["grid_faces"],
-    )
-    avatar = Avatar(
-        config.model,
-        config.render,
-        template,
-        model_state["mouth"],
-        background=config.train.background,
-        camera_names=state["cameras"],
-    )
-    avatar.load_state_dict(model_state)
+    with model_fits(path):
+        template = UVTemplate(
+            mean_map=model_state["mean_map"],
+            std=float(model_state["pos_std"]),
+            coverage=model_state["coverage"],
+            grid_faces=model_state["grid_faces"],
+        )
+        avatar = Avatar(
+            config.model,
+            config.render,
+            template,
+            model_state["mouth"],
+            background=config.train.background,
+            camera_names=state["cameras"],
+        )
+        avatar.load_state_dict(model_state)
     return avatar.to(device).eval(), config
 
 

@@ -649,10 +649,11 @@ class Trainer:
                 f"{len(self.dataset)} now); resume with the same subject, frames, cameras and "
                 f"preprocessing, or train into another --out"
             )
-        self.avatar.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.gep.load_state_dict(state["gep"])
+        with ckpt.model_fits(path):
+            self.avatar.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.gep.load_state_dict(state["gep"])
         self.step = self.resumed_from = int(state["step"])
         name = None if self.perceptual is None else self.perceptual.name
         if state["perceptual"] != name:
