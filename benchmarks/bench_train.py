@@ -11,6 +11,10 @@ aggregation, radiance MLPs, compositing), losses and backward (backward pass, gr
 optimizer step). Stage boundaries synchronize the GPU, which costs a little: the median step is also
 measured in the same run.
 
+--kernels takes one or more settings of render.kernels ("auto": the Triton kernels on CUDA; "torch": the
+plain PyTorch reference); each trains its own fresh run of the same steps, and the speed-up of each over
+the last one is printed at the end.
+
 Under torchrun (one process per GPU, each training on its own image every step) it also prints every
 process's step times and peak memory, the images per second of all processes together, and whether the
 processes' parameters were identical at the end (the digests each one wrote into the last checkpoint).
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from profiling import profiled
 
 from npva.fileio import atomic_open
 from npva.timing import STAGES
@@ -48,36 +53,64 @@ def main() -> None:
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     parser.add_argument("--baseline", help="a one-process run's --json, for the scaling efficiency")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra settings")
+    parser.add_argument("--kernels", nargs="+", default=["auto"], help="render.kernels settings to compare")
+    parser.add_argument(
+        "--profile", action="store_true", help="also print the operations taking the most GPU time (slower)"
+    )
     args = parser.parse_args()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.out:
         parser.error("under torchrun give --out: the processes must share one run directory")
+    if args.out and len(args.kernels) > 1:
+        parser.error("--out holds one run: compare --kernels settings without it")
 
-    overrides = [
-        f"train.stop_after={args.steps}",
-        "train.profile_stages=true",
-        "train.val_every=0",
-        "train.progress=false",
-        *args.set,
-    ]
-    config = build_config(args.preset, overrides=overrides)
     baseline = read_baseline(Path(args.baseline)) if args.baseline else None  # before the run, not after
+    reports = []
+    for kernels in args.kernels:
+        overrides = [
+            f"train.stop_after={args.steps}",
+            "train.profile_stages=true",
+            "train.val_every=0",
+            "train.progress=false",
+            f"render.kernels={kernels}",
+            *args.set,
+        ]
+        config = build_config(args.preset, overrides=overrides)
+        report = run_once(args, config, baseline)
+        if report is not None:
+            reports.append((kernels, report))
+    for kernels, report in reports[:-1]:
+        last_kernels, last = reports[-1]
+        speedup = (
+            last["per_process"][0]["median_step_seconds"] / report["per_process"][0]["median_step_seconds"]
+        )
+        print(f"median step speed-up of kernels={kernels} over kernels={last_kernels}: {speedup:.2f}x")
+
+
+def run_once(args: argparse.Namespace, config: Any, baseline: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Train one fresh run; the report on the main process (printed, and written to --json), else None."""
     # joined here so that the group outlives train() for the exchange of timings below
     ctx = init_distributed(config.train.device)
     try:
         with tempfile.TemporaryDirectory() as scratch:
             run_dir = Path(args.out) if args.out else Path(scratch) / "run"
-            result = train(Path(args.subject), run_dir, config)
+            with profiled(args.profile) as profiler:
+                result = train(Path(args.subject), run_dir, config)
+            if profiler is not None and ctx.is_main:
+                print(profiler.key_averages().table(sort_by="self_device_time_total", row_limit=30))
             timings = gather_objects(result.timing, ctx)
-            if ctx.is_main:
-                report = summarize(args.preset, result, timings)
-                if baseline is not None:
-                    report["scaling_efficiency"] = report["images_per_second"] / (
-                        report["processes"] * baseline["images_per_second"]
-                    )
-                print_report(report)
-                if args.json:
-                    with atomic_open(args.json) as f:
-                        json.dump(report, f, indent=2)
+            if not ctx.is_main:
+                return None
+            report = summarize(args.preset, result, timings)
+            report["kernels"] = config.render.kernels
+            if baseline is not None:
+                report["scaling_efficiency"] = report["images_per_second"] / (
+                    report["processes"] * baseline["images_per_second"]
+                )
+            print_report(report)
+            if args.json:
+                with atomic_open(args.json) as f:
+                    json.dump(report, f, indent=2)
+            return report
     finally:
         shutdown(ctx)
 
@@ -120,7 +153,7 @@ def print_report(report: dict[str, Any]) -> None:
     timing = report["per_process"][0]
     print(
         f"{report['preset']} preset, {report['steps']} steps on {report['processes']} x {report['device']} "
-        f"(torch {report['torch']})"
+        f"(torch {report['torch']}, render.kernels={report['kernels']})"
     )
     print(
         f"median step {timing['median_step_seconds'] * 1e3:.1f} ms, "
@@ -128,11 +161,16 @@ def print_report(report: dict[str, Any]) -> None:
     )
     if "peak_memory_gib" in timing:
         print(f"peak GPU memory {timing['peak_memory_gib']:.2f} GiB (allocated by torch)")
+    phases = timing.get("phase_median_step_seconds", {})
+    print("median step by phase: " + ", ".join(f"{p} {s * 1e3:.1f} ms" for p, s in phases.items()))
     stages = timing.get("stage_seconds", {})
+    medians = timing.get("stage_median_seconds", {})
     total = sum(stages.values()) or 1.0
+    print(f"  {'stage':15} {'mean':>9}     {'share':>5}   {'median':>8}")
     for name in STAGES:
         seconds = stages.get(name, 0.0)
-        print(f"  {name:15} {seconds * 1e3:9.1f} ms  {100 * seconds / total:5.1f} %")
+        median = medians.get(name, 0.0)
+        print(f"  {name:15} {seconds * 1e3:9.1f} ms  {100 * seconds / total:5.1f} %  {median * 1e3:7.1f} ms")
     if report["rays"] is not None:
         print(
             f"last logged: rays {report['rays']:.0f}, "

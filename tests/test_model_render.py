@@ -153,7 +153,8 @@ def test_pixel_subset_equals_the_full_render_there():
     assert image.shape == (24, 32, 3)
     assert torch.equal(image[12, 16], full.rays.colour[12 * 32 + 16])
     sparse = subset.to_image(subset.rays.depth, fill=-1.0)
-    assert sparse[0, 1].item() == -1.0 and sparse[12, 16] == subset.rays.depth[1]
+    # Pixel (16, 12) was asked twice: its two rays agree to rounding (a batch's rows may round apart).
+    assert sparse[0, 1].item() == -1.0 and torch.isclose(sparse[12, 16], subset.rays.depth[1])
 
 
 def test_rays_without_samples_show_the_background():
@@ -176,7 +177,8 @@ def test_full_size_image_renders_in_bounded_chunks():
     cfg = replace(RENDER, sampling=SamplingConfig(), chunk_rays=1 << 14)
     camera = _camera(1024, 667, focal=1200.0)  # the bump covers about a tenth of the image
     rows_per_call = []
-    decoder.register_forward_hook(lambda module, args, out: rows_per_call.append(args[0].shape[0]))
+    count_rows = lambda module, args, out: rows_per_call.append(args[0].shape[0])  # noqa: E731
+    decoder.density_mlp.register_forward_hook(count_rows)
     out = _render_eval(network, decoder, camera=camera, cfg=cfg)
     assert out.rays.colour.shape == (1024 * 667, 3)
     assert out.to_image(out.rays.colour).shape == (1024, 667, 3)

@@ -121,6 +121,11 @@ class RenderConfig:
     # average texture, at its own size, looked up at the UV blended from the point's neighbours, as a mesh
     # looks its texture up per pixel; False: the blend of the neighbours' colours at the point map's size.
     texture_lookup: bool = False
+    # Which implementation runs the hot operations (neighbour query, neighbour blending): "auto" the
+    # Triton kernels of npva.model.fast on CUDA when triton is installed and deterministic algorithms are
+    # off, else plain PyTorch; "torch" always plain PyTorch (the reference); "triton" the kernels or an
+    # error. Both give the same neighbours; blended values agree to float32 rounding.
+    kernels: str = "auto"
 
 
 def to_dict(config: Any) -> dict[str, Any]:

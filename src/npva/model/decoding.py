@@ -215,9 +215,21 @@ class RadianceDecoder(_NeighbourDecoder):
         features, offsets = self._masked_neighbours(features, offsets_world, offsets_camera, valid)
         mean_feature = torch.einsum("nk,nkc->nc", weights, features)
         mean_offset = torch.einsum("nk,nkc->nc", weights, offsets)
+        return self.decode_blended(mean_feature, mean_offset, valid.any(-1), ray_dirs)
+
+    def decode_blended(
+        self,
+        mean_feature: torch.Tensor,
+        mean_offset: torch.Tensor,
+        has_valid: torch.Tensor,
+        ray_dirs: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """sigma (N,), rgb (N, 3) from neighbours already blended with the inverse-distance weights:
+        mean_feature f̄ (N, C), mean_offset delta (N, 6) [world; camera], has_valid (N,) bool (rows
+        without a neighbour give zeros), ray_dirs (N, 3). `forward` blends and then calls this."""
         code = self._shading_code(mean_feature, mean_offset)
-        base = self._colour_base(weights, features)
-        return self._radiance(self.density_mlp, self.colour_mlp, code, ray_dirs, valid.any(-1), base)
+        base = mean_feature[:, -RGB_CHANNELS:] if self.cfg.colour_residual else None
+        return self._radiance(self.density_mlp, self.colour_mlp, code, ray_dirs, has_valid, base)
 
 
 class PointNeRFDecoder(_NeighbourDecoder):

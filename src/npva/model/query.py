@@ -324,13 +324,21 @@ def build_neighbour_index(
     backend: str = "auto",
     cell_fraction: float = 0.5,
     max_candidates: int | None = None,
+    fast: bool = False,
 ) -> NeighbourIndex | KDTreeIndex:
     """The index of points (P, 3) for K-nearest-within-radius queries. backend: "grid"
-    (NeighbourIndex, any device), "kdtree" (KDTreeIndex, CPU) or "auto" (kdtree on CPU, else grid)."""
+    (NeighbourIndex, any device), "kdtree" (KDTreeIndex, CPU) or "auto" (kdtree on CPU, else grid).
+    fast: the grid's queries run as the Triton kernel (npva.model.fast.query), same results."""
     if backend not in QUERY_BACKENDS:
         raise ValueError(f"query backend must be one of {', '.join(QUERY_BACKENDS)}, got {backend!r}")
-    if backend == "kdtree" or (backend == "auto" and points.device.type == "cpu"):
+    if backend == "kdtree" or (backend == "auto" and points.device.type == "cpu" and not fast):
         return KDTreeIndex(points, radius, k)
+    if fast:
+        from npva.model.fast.query import TritonNeighbourIndex
+
+        return TritonNeighbourIndex(
+            points, radius, k, cell_fraction=cell_fraction, max_candidates=max_candidates
+        )
     return NeighbourIndex(points, radius, k, cell_fraction=cell_fraction, max_candidates=max_candidates)
 
 

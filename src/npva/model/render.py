@@ -15,6 +15,8 @@ black background is the published behaviour.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -24,8 +26,10 @@ from npva.errors import NonFiniteError
 from npva.geometry.camera import Camera, pixel_rays
 from npva.geometry.mesh import uv_grid_faces
 from npva.geometry.texture import sample_texture
+from npva.model.blend import blend_neighbours, safe_rows
 from npva.model.compositing import composite
 from npva.model.decoding import inverse_distance_weights
+from npva.model.fast import kernels_enabled
 from npva.model.networks import AvatarNetwork, DecodedMaps, coarse_map
 from npva.model.points import (
     NeuralPoints,
@@ -85,6 +89,7 @@ class FrameScene:
     index, occupancy: built on the detached point positions.
     texture: (3, T, T) the frame's average texture when the shading points look their colour up in it
         (RenderConfig.texture_lookup), else None.
+    fast: the neighbour blending runs as the Triton kernel (RenderConfig.kernels).
     """
 
     camera: Camera
@@ -94,6 +99,7 @@ class FrameScene:
     index: NeighbourIndex | KDTreeIndex
     occupancy: OccupancyGrid
     texture: torch.Tensor | None = None
+    fast: bool = False
 
 
 @dataclass
@@ -178,6 +184,7 @@ def build_scene(
     detached = points.positions.detach()
     if not torch.isfinite(detached).all():
         raise NonFiniteError("non-finite neural point positions")
+    fast = kernels_enabled(cfg.kernels, device)
     with stage("sampling_query"):
         index = build_neighbour_index(
             detached,
@@ -186,11 +193,15 @@ def build_scene(
             cfg.query.backend,
             cell_fraction=cfg.query.cell_fraction,
             max_candidates=cfg.query.max_candidates,
+            fast=fast,
         )
         sampling = cfg.sampling
         occupancy = OccupancyGrid(detached, sampling.occupancy_voxel_mm, sampling.occupancy_reach_voxels)
     lookup = texture.to(device=device, dtype=dtype) if cfg.texture_lookup else None
-    return FrameScene(camera, coarse, guide_depth, points, index, occupancy, lookup)
+    return FrameScene(camera, coarse, guide_depth, points, index, occupancy, lookup, fast)
+
+
+Precision = Callable[[], contextlib.AbstractContextManager]
 
 
 def render_rays(
@@ -201,12 +212,13 @@ def render_rays(
     training: bool = False,
     generator: torch.Generator | None = None,
     background: torch.Tensor | None = None,
+    precision: Precision = contextlib.nullcontext,
 ) -> RayBatch:
     """Render the rays through pixels (R, 2) long (x, y), chunk_rays at a time.
 
-    decoder: a radiance decoder (features, offsets_world, offsets_camera, valid, ray_dirs) -> sigma, rgb.
-    training: jitter the candidate bins (drawn from `generator`).
-    background: None (black), a colour (3,) or one colour per ray (R, 3).
+    decoder: a radiance decoder (see decode_at). training: jitter the candidate bins (drawn from
+    `generator`). background: None (black), a colour (3,) or one colour per ray (R, 3). precision: the
+    context the decoder's networks run in (e.g. bfloat16 autocast); geometry stays float32.
     """
     if cfg.chunk_rays <= 0:
         raise ValueError(f"chunk_rays must be positive, got {cfg.chunk_rays}")
@@ -231,6 +243,7 @@ def render_rays(
                 training,
                 generator,
                 background[part],
+                precision,
             )
         )
     return RayBatch(*(torch.cat([getattr(c, f.name) for c in chunks]) for f in fields(RayBatch)))
@@ -246,6 +259,7 @@ def _render_chunk(
     training: bool,
     generator: torch.Generator | None,
     background: torch.Tensor,
+    precision: Precision,
 ) -> RayBatch:
     """One chunk of rays: pixels (R, 2), camera centre (3,), unit ray_dirs (R, 3), background (R, 3)."""
     camera = scene.camera
@@ -264,10 +278,10 @@ def _render_chunk(
     rgb = shading.z.new_zeros((*shading.z.shape, 3))
     if samples.shape[0] > 0:
         sample_sigma, sample_rgb = decode_at(
-            scene, decoder, samples, ray_dirs[ray_of_sample], cfg.decoder.min_distance_mm
+            scene, decoder, samples, ray_dirs[ray_of_sample], cfg.decoder.min_distance_mm, precision
         )
-        sigma = sigma.index_put((ray_of_sample, slot_of_sample), sample_sigma)
-        rgb = rgb.index_put((ray_of_sample, slot_of_sample), sample_rgb)
+        sigma = sigma.index_put((ray_of_sample, slot_of_sample), sample_sigma.float())
+        rgb = rgb.index_put((ray_of_sample, slot_of_sample), sample_rgb.float())
     with stage("decoding"):
         colour, depth, opacity = composite(sigma, rgb, shading.z, shading.valid, cfg.decoder.last_delta)
     colour = colour + (1.0 - opacity)[:, None] * background
@@ -281,22 +295,76 @@ def decode_at(
     samples: torch.Tensor,
     ray_dirs: torch.Tensor,
     min_distance: float,
+    precision: Precision = contextlib.nullcontext,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """sigma (N,), rgb (N, 3) from `decoder` at points samples (N, 3) seen along ray_dirs (N, 3), with
-    their K nearest neural points of `scene`; min_distance as in the decoder's neighbour weights."""
-    points, camera = scene.points, scene.camera
+    their K nearest neural points of `scene`; min_distance as in the decoder's neighbour weights.
+
+    A decoder with `decode_blended` (the lightweight RadianceDecoder) gets its neighbours blended by
+    npva.model.blend (the Triton kernel when scene.fast); any other decoder is called with the
+    neighbours themselves: (features (N, K, C), offsets_world, offsets_camera (N, K, 3), valid (N, K),
+    ray_dirs) -> sigma, rgb. The decoder runs inside `precision()`.
+    """
     with stage("sampling_query"):
         idx, _ = scene.index.query(samples)  # (N, K)
     with stage("decoding"):
-        valid = idx >= 0
-        safe = idx.clamp_min(0)
-        offsets_world = points.positions[safe] - samples[:, None, :]  # (N, K, 3)
-        rotation = torch.as_tensor(camera.R, dtype=offsets_world.dtype, device=offsets_world.device)
-        offsets_camera = offsets_world @ rotation.T
-        features = points.features[safe]  # (N, K, C)
-        if scene.texture is not None:
-            uv = points.uv[safe]  # (N, K, 2)
-            features = _with_texture_colour(scene.texture, uv, offsets_world, valid, min_distance, features)
+        if hasattr(decoder, "decode_blended"):
+            return _decode_blended(scene, decoder, samples, idx, ray_dirs, min_distance, precision)
+        return _decode_neighbours(scene, decoder, samples, idx, ray_dirs, min_distance, precision)
+
+
+def _decode_blended(
+    scene: FrameScene,
+    decoder: torch.nn.Module,
+    samples: torch.Tensor,
+    idx: torch.Tensor,
+    ray_dirs: torch.Tensor,
+    min_distance: float,
+    precision: Precision,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blended path of decode_at. With a texture lookup the blended features' RGB channels are the
+    texture at the blended UV (see _with_texture_colour)."""
+    points = scene.points
+    values = points.features if scene.texture is None else torch.cat((points.features, points.uv), 1)
+    mean_values, mean_offset = blend_neighbours(
+        points.positions, values, samples, idx, min_distance, scene.fast
+    )
+    has_valid = idx[:, 0] >= 0  # slots are sorted by distance: the first is valid if any is
+    mean_feature = mean_values[:, : points.features.shape[1]]
+    if scene.texture is not None:
+        colour = sample_texture(scene.texture, mean_values[:, -2:]).to(mean_feature.dtype)
+        colour = torch.where(has_valid[:, None], colour, 0.0)
+        mean_feature = torch.cat((mean_feature[:, :-3], colour), 1)
+    rotation = torch.as_tensor(scene.camera.R, dtype=mean_offset.dtype, device=mean_offset.device)
+    # R delta written out per component (not a matrix product), so that a row's result never depends
+    # on the batch it is in.
+    camera_offset = sum(mean_offset[:, j : j + 1] * rotation[:, j] for j in range(3))
+    offsets = torch.cat((mean_offset, camera_offset), 1)  # (N, 6) world; camera
+    with precision():
+        return decoder.decode_blended(mean_feature, offsets, has_valid, ray_dirs)
+
+
+def _decode_neighbours(
+    scene: FrameScene,
+    decoder: torch.nn.Module,
+    samples: torch.Tensor,
+    idx: torch.Tensor,
+    ray_dirs: torch.Tensor,
+    min_distance: float,
+    precision: Precision,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-neighbour path of decode_at."""
+    points, camera = scene.points, scene.camera
+    valid = idx >= 0
+    rows = safe_rows(idx, max(len(points), 1))
+    offsets_world = points.positions[rows] - samples[:, None, :]  # (N, K, 3)
+    rotation = torch.as_tensor(camera.R, dtype=offsets_world.dtype, device=offsets_world.device)
+    offsets_camera = offsets_world @ rotation.T
+    features = points.features[rows]  # (N, K, C)
+    if scene.texture is not None:
+        uv = points.uv[rows]  # (N, K, 2)
+        features = _with_texture_colour(scene.texture, uv, offsets_world, valid, min_distance, features)
+    with precision():
         return decoder(features, offsets_world, offsets_camera, valid, ray_dirs)
 
 

@@ -42,6 +42,7 @@ from npva.timing import stage
 from npva.train.data import TrainSample
 
 BACKGROUNDS = ("learned", "black", "mask")
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}  # train.precision -> autocast dtype of the networks
 
 
 class CameraBackground(nn.Module):
@@ -167,19 +168,6 @@ class Avatar(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(self.mean_map.device.type, dtype=self.autocast_dtype)
 
-    def _radiance(
-        self,
-        features: torch.Tensor,
-        offsets_world: torch.Tensor,
-        offsets_camera: torch.Tensor,
-        valid: torch.Tensor,
-        ray_dirs: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The radiance decoder under the network precision; sigma (N,), rgb (N, 3) as float32."""
-        with self._network_precision():
-            sigma, rgb = self.decoder(features, offsets_world, offsets_camera, valid, ray_dirs)
-        return sigma.float(), rgb.float()
-
     def forward(
         self,
         sample: TrainSample,
@@ -212,7 +200,14 @@ class Avatar(nn.Module):
         if pixels is None:
             pixels = all_pixels(sample.camera.height, sample.camera.width, self.mean_map.device)
         rays = render_rays(
-            scene, self._radiance, pixels, cfg, self.training, generator, self.background_colour(sample.cam)
+            scene,
+            self.decoder,
+            pixels,
+            cfg,
+            self.training,
+            generator,
+            self.background_colour(sample.cam),
+            self._network_precision,
         )
         return RenderOutput(pixels=pixels, rays=rays, scene=scene, maps=maps, mu=mu, logstd=logstd)
 

@@ -47,7 +47,7 @@ from npva.model.render import RenderOutput
 from npva.preprocess.gendir import GenDir, read_manifest
 from npva.timing import STAGES, StageTimer, stage
 from npva.train import checkpoint as ckpt
-from npva.train.avatar import Avatar
+from npva.train.avatar import PRECISIONS, Avatar
 from npva.train.data import AvatarDataset, TrainSample, select_samples
 from npva.train.distributed import (
     DistributedContext,
@@ -71,7 +71,6 @@ RUN_CONFIG = "config.yaml"
 LOCK = "train.lock"
 SUMMARY = "summary.json"
 TENSORBOARD = "tensorboard"
-PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}
 LOG_KEYS = (
     "loss",
     "psnr",
@@ -109,6 +108,7 @@ RESUME_FIXED_EXCEPT = (
     "render.chunk_rays",
     "render.query.max_candidates",
     "render.query.backend",
+    "render.kernels",
 )
 
 
@@ -217,28 +217,40 @@ def saved_run_config(run_dir: Path) -> ExperimentConfig | None:
 
 
 class RunTiming:
-    """Step times of this invocation and, when stages are profiled, their per-stage seconds."""
+    """Step times of this invocation (with each step's GEP phase) and, when stages are profiled, their
+    per-stage seconds."""
 
     def __init__(self) -> None:
         self.step_seconds: list[float] = []
-        self.stage_totals: dict[str, float] = {}
+        self.phases: list[str] = []
+        self.stage_seconds: dict[str, list[float]] = {}
 
-    def add(self, scalars: dict[str, float]) -> None:
+    def add(self, scalars: dict[str, float], phase: str) -> None:
         self.step_seconds.append(scalars["step_seconds"])
+        self.phases.append(phase)
         for name in STAGES:
             if f"time_{name}" in scalars:
-                self.stage_totals[name] = self.stage_totals.get(name, 0.0) + scalars[f"time_{name}"]
+                self.stage_seconds.setdefault(name, []).append(scalars[f"time_{name}"])
 
     def summary(self, device: torch.device) -> dict[str, Any]:
-        """Median and mean step seconds, mean seconds per stage and step, peak CUDA memory (GiB)."""
+        """Median and mean step seconds, the median step of each GEP phase, mean and median seconds per
+        stage and step, peak CUDA memory (GiB)."""
         steps = len(self.step_seconds)
         timing: dict[str, Any] = {
             "steps": steps,
             "median_step_seconds": float(np.median(self.step_seconds)) if steps else None,
             "mean_step_seconds": float(np.mean(self.step_seconds)) if steps else None,
         }
-        if self.stage_totals:
-            timing["stage_seconds"] = {name: total / steps for name, total in self.stage_totals.items()}
+        times = np.asarray(self.step_seconds)
+        phases = np.asarray(self.phases)
+        timing["phase_median_step_seconds"] = {
+            phase: float(np.median(times[phases == phase])) for phase in PHASES if (phases == phase).any()
+        }
+        if self.stage_seconds:
+            timing["stage_seconds"] = {name: float(np.mean(v)) for name, v in self.stage_seconds.items()}
+            timing["stage_median_seconds"] = {
+                name: float(np.median(v)) for name, v in self.stage_seconds.items()
+            }
         if device.type == "cuda":
             timing["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         return timing
@@ -264,6 +276,9 @@ class Trainer:
         check_preprocessed(subject, self.gendir, config)
         if tc.deterministic != torch.are_deterministic_algorithms_enabled():  # the call costs an import
             torch.use_deterministic_algorithms(tc.deterministic, warn_only=True)
+        # The convolutions' shapes are fixed for a run: let cuDNN time its algorithms once and keep the
+        # fastest (it may pick ones whose sums vary from run to run, so not under train.deterministic).
+        torch.backends.cudnn.benchmark = self.device.type == "cuda" and not tc.deterministic
 
         frames, cameras = select_samples(subject, config.data)
         self.dataset = AvatarDataset(
@@ -296,7 +311,10 @@ class Trainer:
         ).to(self.device)
         if self.device.type == "cuda":
             self.avatar.autocast_dtype = PRECISIONS[tc.precision]
-        self.optimizer = torch.optim.Adam(self.avatar.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        # On CUDA one fused kernel updates every parameter (the per-tensor updates cost ~10 ms a step).
+        self.optimizer = torch.optim.Adam(
+            self.avatar.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=self.device.type == "cuda"
+        )
         milestones = [epoch * self.steps_per_epoch for epoch in tc.lr_decay_epochs]
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, tc.lr_decay)
         self.perceptual = make_perceptual_loss(config.loss)
@@ -341,6 +359,7 @@ class Trainer:
         tick = time.perf_counter()
         for sample in self._loader(self.step, stop):
             arrived = time.perf_counter()
+            phase = self.phase  # of this step, before train_step counts it
             with timer.active() if timer is not None else contextlib.nullcontext():
                 scalars = self.train_step(sample)
             now = time.perf_counter()
@@ -351,7 +370,7 @@ class Trainer:
                 scalars.update({f"time_{name}": stages.get(name, 0.0) for name in STAGES})
             tick = now
             self._record(scalars)
-            self.timing.add(scalars)
+            self.timing.add(scalars, phase)
             progress.update(1)
             progress.set_postfix(
                 loss=f"{scalars['loss']:.4f}", psnr=f"{scalars['psnr']:.2f}", phase=self.phase, refresh=False
