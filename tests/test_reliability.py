@@ -283,3 +283,41 @@ def test_non_finite_position_map_is_named(tmp_path):
     np.save(path, posmap)
     with pytest.raises(FormatError, match="finite"):
         gd.read_posmap(path, 4)
+
+
+# ---- photos of the wrong size and split entries beside the frame list ------------------------------
+
+
+def test_photo_of_another_size_is_reported_and_left_out_of_training(subject, tmp_path, capsys):
+    import cv2
+
+    from npva.config import DataConfig
+    from npva.train.data import AvatarDataset, select_samples
+
+    layout = SubjectLayout(subject)
+    seq, frame = read_frame_list(layout.split_list("train"))[0]
+    photo = layout.image(seq, "400008", frame)
+    cv2.imwrite(str(photo), cv2.resize(cv2.imread(str(photo)), (100, 150)))
+
+    assert main(["check", str(subject)]) == 1
+    assert "size 150x100 (HxW) differs from" in capsys.readouterr().out
+    assert main(["preprocess", str(subject), "--uv-size", "32", "--no-progress"]) == 1
+    printed = capsys.readouterr().out
+    assert f"failed: {seq} {frame} camera 400008: {photo}: size 150x100 (HxW) differs from 128x84" in printed
+    data = DataConfig(image_cache="none")
+    frames, cameras = select_samples(subject, data)
+    dataset = AvatarDataset(subject, subject / "gendir", frames, cameras, data)
+    pairs = {(key[0], key[1], key[2]) for key in dataset.keys}
+    assert (seq, frame, "400008") not in pairs and (seq, frame, "400029") in pairs
+    assert {dataset[i].image.shape for i in range(len(dataset))} == {(3, 64, 42)}
+
+
+def test_split_entry_outside_the_frame_list_is_reported_by_check(subject, capsys):
+    layout = SubjectLayout(subject)
+    listed = read_frame_list(layout.frame_list)
+    layout.frame_list.write_text("".join(f"{s} {f}\n" for s, f in listed[1:]))
+    assert main(["check", str(subject)]) == 0  # the splits are optional
+    seq, frame = listed[0]
+    assert f"{seq} {frame}: not in the frame list (preprocessing and training leave it out)" in (
+        capsys.readouterr().out
+    )

@@ -354,10 +354,13 @@ class _Checker:
                 if (sequence, frame) in self.bad_frames:
                     reason = f"{sequence} {frame}: the frame has missing or malformed files (see above)"
                     self.problem("splits", path, MISMATCH, reason)
-                elif (sequence, frame) not in listed and (
-                    absent := self.absent_files(sequence, frame, cameras)
-                ):
-                    reason = f"{sequence} {frame}: not in the frame list and missing on disk: {absent}"
+                elif (sequence, frame) not in listed:
+                    absent = self.absent_files(sequence, frame, cameras)
+                    missing = f" and missing on disk: {absent}" if absent else ""
+                    reason = (
+                        f"{sequence} {frame}: not in the frame list{missing} "
+                        "(preprocessing and training leave it out)"
+                    )
                     self.problem("splits", path, MISMATCH, reason)
         split = (
             self.expect("splits", layout.camera_split, read_camera_split)

@@ -7,9 +7,11 @@ UV layout are computed by whichever shard finds every position map present.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -105,12 +107,36 @@ class Context:
     cameras: dict[str, Camera]
     sampler: PositionMapSampler
     num_verts: int
+    photo_sizes: dict[str, tuple[int, int]]  # (H, W) of each camera's photos (see photo_sizes)
 
 
-def _training_camera(camera: Camera, image_path: Path, scale: float) -> Camera:
-    height, width = read_image_size(image_path)
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    return camera.with_size(height, width).resized(*size)
+PHOTO_SIZE_PROBES = 8  # frames whose photos decide the size of each camera's photos
+
+
+def photo_sizes(
+    layout: SubjectLayout, cameras: Iterable[str], frames: list[Frame]
+) -> dict[str, tuple[int, int]]:
+    """(H, W) of each camera's photos: the most common size among its photos in up to
+    PHOTO_SIZE_PROBES frames spread over `frames` (headers only). Cameras without a readable photo
+    there are left out. Every shard finds the same sizes."""
+    step = max(1, len(frames) // PHOTO_SIZE_PROBES)
+    probes = frames[::step][:PHOTO_SIZE_PROBES]
+    sizes: dict[str, tuple[int, int]] = {}
+    for cam in cameras:
+        seen = Counter()
+        for seq, frame in probes:
+            with contextlib.suppress(NpvaError, OSError):
+                seen[read_image_size(layout.image(seq, cam, frame))] += 1
+        if seen:
+            sizes[cam] = seen.most_common(1)[0][0]
+    return sizes
+
+
+def _training_camera(camera: Camera, size: tuple[int, int], scale: float) -> Camera:
+    """`camera` for photos of size (H, W), resized by `scale` to the training size."""
+    height, width = size
+    trained = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return camera.with_size(height, width).resized(*trained)
 
 
 def load_world_verts(layout: SubjectLayout, seq: str, frame: str, num_verts: int) -> np.ndarray:
@@ -173,7 +199,15 @@ def _process_view(ctx, layout, out, verts, seq, cam, frame, camera) -> Summary:
     image = layout.image(seq, cam, frame)
     if not image.is_file():
         raise MissingFileError(image, "image")
-    camera = _training_camera(camera, image, ctx.config.image_scale)
+    size = read_image_size(image)
+    expected = ctx.photo_sizes.get(cam, size)
+    if size != expected:  # training needs one image size: this view gets no mask and is left out
+        raise FormatError(
+            image,
+            f"size {size[0]}x{size[1]} (HxW) differs from {expected[0]}x{expected[1]} "
+            f"of camera {cam}'s photos",
+        )
+    camera = _training_camera(camera, size, ctx.config.image_scale)
     shape = (camera.height, camera.width)
     mask_path, depth_path = out.mask(seq, cam, frame), out.depth(seq, cam, frame)
     want_depth = ctx.config.depth != "none"
@@ -339,6 +373,7 @@ def preprocess_subject(
         cameras=cameras,
         sampler=PositionMapSampler(template, config.uv_size),
         num_verts=len(template.verts),
+        photo_sizes=photo_sizes(layout, cameras, frames),
     )
     index, count = shard
     summary = _run_frames(ctx, frames[index::count], workers, progress)
