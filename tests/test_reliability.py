@@ -7,6 +7,9 @@ import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -321,3 +324,36 @@ def test_split_entry_outside_the_frame_list_is_reported_by_check(subject, capsys
     assert f"{seq} {frame}: not in the frame list (preprocessing and training leave it out)" in (
         capsys.readouterr().out
     )
+
+
+WORKER_PARENT = """
+import multiprocessing, os, signal, sys, time
+from npva.processes import exit_with_parent
+
+def work():
+    exit_with_parent(poll_seconds=0.1)
+    time.sleep(60)
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context("spawn").Process(target=work)
+    child.start()
+    time.sleep(3)  # the child has started its watcher
+    with open(sys.argv[1], "w") as f:
+        f.write(str(child.pid))
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_worker_ends_when_its_parent_is_killed(tmp_path):
+    script, pid_file = tmp_path / "parent.py", tmp_path / "child.pid"
+    script.write_text(WORKER_PARENT)
+    quiet = subprocess.DEVNULL  # the orphan must not hold a pipe this test waits on
+    subprocess.run([sys.executable, str(script), str(pid_file)], stdout=quiet, stderr=quiet, timeout=60)
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = Path(f"/proc/{child}").exists()
+    if alive:
+        os.kill(child, 9)
+    assert not alive, "the worker outlived its killed parent"

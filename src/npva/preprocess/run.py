@@ -42,6 +42,7 @@ from npva.io.multiface import (
 from npva.io.subject import SubjectLayout
 from npva.preprocess import gendir as gd
 from npva.preprocess.uvlayout import MouthStretch, PositionMapSampler, grid_faces
+from npva.processes import exit_with_parent
 
 Frame = tuple[str, str]  # (sequence, frame id)
 # Temporary files of unfinished writes older than this are left by killed runs (shards running beside
@@ -239,6 +240,7 @@ _WORKER_CONTEXT: Context | None = None
 
 def _init_worker(ctx: Context) -> None:
     global _WORKER_CONTEXT
+    exit_with_parent()
     torch.set_num_threads(1)
     _WORKER_CONTEXT = ctx
 
