@@ -357,3 +357,21 @@ def test_a_worker_ends_when_its_parent_is_killed(tmp_path):
     if alive:
         os.kill(child, 9)
     assert not alive, "the worker outlived its killed parent"
+
+
+def test_render_refuses_a_symbolic_link_inside_its_output_folder(
+    tiny_checkpoint, tiny_subject, gendir, tmp_path, capsys
+):
+    frames = tmp_path / "frames.txt"
+    seq, frame = read_frame_list(SubjectLayout(tiny_subject).split_list("test"))[0]
+    frames.write_text(f"{seq} {frame}\n")
+    out, elsewhere = tmp_path / "render", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / seq).symlink_to(elsewhere, target_is_directory=True)
+    args = ["render", str(tiny_checkpoint), "--img-list", str(frames), "--cameras", "400029", "--preview"]
+    args += ["--subject", str(tiny_subject), "--gendir", str(gendir), "--out", str(out), "--no-progress"]
+    assert main(args) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "a symbolic link inside the output folder" in err
+    assert not any(elsewhere.iterdir())

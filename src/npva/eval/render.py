@@ -40,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 from npva.eval.loading import EvalContext
-from npva.fileio import atomic_open
+from npva.fileio import atomic_open, inside
 from npva.geometry.mesh import Mesh, to_world
 from npva.io.multiface import write_image, write_obj
 from npva.model.networks import coarse_map
@@ -386,7 +386,7 @@ def render_samples(
     for index in tqdm(range(len(dataset)), desc="npva render", unit="image", disable=not progress):
         sample = dataset.load(index).to(ctx.device)
         view = render_view(avatar, sample, full)
-        folder = out_dir / sample.seq / sample.frame
+        folder = inside(out_dir, out_dir / sample.seq / sample.frame)  # no symbolic link on the way
         record = _write_view_files(folder, view, sample, avatar, preview)
         if not preview and (sample.seq, sample.frame) not in frames_done:
             record.files.update(_write_frame_files(folder, view, sample, avatar))
