@@ -20,7 +20,7 @@ EXIT_INTERRUPTED = 130
 def _cmd_synth(args: argparse.Namespace) -> int:
     from npva.synth import write_subject
 
-    summary = write_subject(Path(args.out), preset=args.preset, seed=args.seed)
+    summary = write_subject(Path(args.out), preset=args.preset, seed=args.seed, variant=args.variant)
     print(summary)
     return 0
 
@@ -194,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="subject directory to create")
     synth.add_argument("--preset", default="tiny", choices=("tiny", "demo", "full"))
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--variant",
+        default="clean",
+        choices=("clean", "capture"),
+        help="capture: varied head, hair volume, clothing, tracking error and lag, unwrapped textures, "
+        "lights with highlights, camera gains, sensor noise (default clean)",
+    )
     synth.set_defaults(run=_cmd_synth)
 
     check = sub.add_parser("check", help="validate a subject directory")

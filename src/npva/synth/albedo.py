@@ -8,7 +8,7 @@ their part's material coordinates (parts.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -37,6 +37,7 @@ class Look:
     hair: np.ndarray
     iris: np.ndarray
     freckles: float  # 0 none .. 1 many
+    cloth: np.ndarray = field(default_factory=lambda: np.array([0.1, 0.11, 0.14]))  # collar, clothing
 
     @staticmethod
     def sample(rng: np.random.Generator) -> Look:
@@ -49,6 +50,11 @@ class Look:
             iris=_IRIS_COLOURS[rng.integers(len(_IRIS_COLOURS))],
             freckles=float(rng.uniform(0.3, 1.0) * (1.0 - tone)),
         )
+
+    def with_clothing(self, rng: np.random.Generator) -> Look:
+        """This look with clothing of a colour drawn from `rng` (dark to mid tones, any hue)."""
+        hue = rng.uniform(0.0, 1.0, size=3)
+        return replace(self, cloth=rng.uniform(0.06, 0.45) * (0.4 + 0.6 * hue / hue.max()))
 
 
 def scalp_weight(points: np.ndarray) -> np.ndarray:
@@ -156,7 +162,8 @@ def part_albedo(material: np.ndarray, params: np.ndarray, look: Look) -> np.ndar
     colour[teeth] = _teeth_colour(params[teeth])
     colour[material == CAVITY] = (0.2, 0.05, 0.05)
     colour[material == TONGUE] = (0.55, 0.2, 0.2)
-    colour[material == CLOTH] = (0.1, 0.11, 0.14)
+    cloth = material == CLOTH
+    colour[cloth] = look.cloth * (1.0 + params[cloth, :1])  # params[:, 0]: shading of folds, 0 flat
     hair = material == HAIR
     shade, along = params[hair, 0], params[hair, 1]
     colour[hair] = look.hair * ((0.6 + 0.8 * shade) * (1.0 + 0.35 * along))[:, None]

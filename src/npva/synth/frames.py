@@ -20,7 +20,6 @@ from tqdm import tqdm
 
 from npva.io import SubjectLayout, write_bin, write_depth, write_image, write_obj, write_transform
 from npva.synth.capture import SyntheticCapture
-from npva.synth.head import Expression
 from npva.synth.render import Scene
 from npva.synth.scene import FrameKey, get_preset
 from npva.synth.sheet import TEXTURE, Tile, to_tile
@@ -54,11 +53,11 @@ def plan_tasks(frames: list[FrameKey], cameras: tuple[str, ...], workers: int) -
 
 
 class FrameWriter:
-    """Writes the files of frame tasks: images and depth maps per camera; mesh (obj, bin), head pose
-    and average texture for TEXTURE."""
+    """Writes the files of frame tasks: images (photos) and depth maps per camera; tracked mesh (obj,
+    bin), head pose and average texture for TEXTURE."""
 
-    def __init__(self, preset: str, seed: int, root: Path, wanted: set[Tile]):
-        self.capture = SyntheticCapture(get_preset(preset), seed)
+    def __init__(self, preset: str, seed: int, root: Path, wanted: set[Tile], variant: str = "clean"):
+        self.capture = SyntheticCapture(get_preset(preset), seed, variant)
         self.layout = SubjectLayout(root)
         self.wanted = wanted
 
@@ -70,7 +69,7 @@ class FrameWriter:
         tiles = {}
         for name in task.views:
             if name == TEXTURE:
-                image = self._write_frame_files(key, expr, pose, scene)
+                image = self._write_frame_files(key, pose, scene)
             else:
                 image = self._write_camera(key, scene, name)
             if (key.sequence, key.frame, name) in self.wanted:
@@ -78,16 +77,16 @@ class FrameWriter:
         return tiles
 
     def _write_frame_files(
-        self, key: FrameKey, expr: Expression, pose: tuple[np.ndarray, np.ndarray], scene: Scene
+        self, key: FrameKey, pose: tuple[np.ndarray, np.ndarray], scene: Scene
     ) -> np.ndarray:
         """Write the tracked mesh (obj, bin), head pose and average texture; return the texture (S, S, 3)."""
         capture, layout = self.capture, self.layout
         seq, frame = key.sequence, key.frame
-        mesh = capture.tracked_mesh(expr, pose)
+        mesh = capture.tracker_output(key)
         write_obj(layout.mesh_obj(seq, frame), mesh)
         write_bin(layout.mesh_bin(seq, frame), mesh.verts)
         write_transform(layout.transform(seq, frame), *pose)
-        texture = capture.average_texture(expr, pose, scene, mesh)
+        texture = capture.frame_texture(key, scene, mesh)
         write_image(layout.average_texture(seq, frame), texture)
         return texture
 
@@ -95,39 +94,49 @@ class FrameWriter:
         """Write the image and MVS depth map of camera `name`; return the image (H, W, 3)."""
         capture, layout = self.capture, self.layout
         view = capture.render(scene, capture.cameras[name])
-        write_image(layout.image(key.sequence, name, key.frame), view.image)
+        image = capture.photo(view.image, key, name)
+        write_image(layout.image(key.sequence, name, key.frame), image)
         write_depth(layout.mvs_depth(key.sequence, name, key.frame), capture.depth(view, key, name))
-        return view.image
+        return image
 
 
 def write_frames(
-    preset: str, seed: int, root: Path, frames: list[FrameKey], wanted: set[Tile], workers: int
+    preset: str,
+    seed: int,
+    root: Path,
+    frames: list[FrameKey],
+    wanted: set[Tile],
+    workers: int,
+    variant: str = "clean",
 ) -> dict[Tile, np.ndarray]:
-    """Write all frames with `workers` processes (1: in this process); return the wanted images."""
+    """Write all frames of the subject (seed, variant) with `workers` processes (1: in this process);
+    return the wanted images."""
     tasks = plan_tasks(frames, get_preset(preset).cameras, workers)
     total = sum(len(task.views) for task in tasks)
     tiles: dict[Tile, np.ndarray] = {}
     with tqdm(desc=f"npva synth {preset}", unit="image", total=total, disable=None) as progress:
-        for task, task_tiles in zip(tasks, _run(tasks, preset, seed, root, wanted, workers), strict=True):
+        for task, task_tiles in zip(
+            tasks, _run(tasks, preset, seed, root, wanted, workers, variant), strict=True
+        ):
             tiles.update(task_tiles)
             progress.update(len(task.views))
     return tiles
 
 
 def _run(
-    tasks: list[FrameTask], preset: str, seed: int, root: Path, wanted: set[Tile], workers: int
+    tasks: list[FrameTask], preset: str, seed: int, root: Path, wanted: set[Tile], workers: int, variant: str
 ) -> Iterator[dict[Tile, np.ndarray]]:
     """The tiles of each task, in order, written in this process (workers <= 1) or by a pool of at
     most `workers` processes."""
     if workers <= 1:
         with torch_threads(1):
-            writer = FrameWriter(preset, seed, root, wanted)
+            writer = FrameWriter(preset, seed, root, wanted, variant)
             for task in tasks:
                 yield writer.write(task)
         return
     # Fresh interpreters (spawn): forking a process whose torch thread pool is running can hang.
     context = multiprocessing.get_context("spawn")
-    init = (preset, seed, root, wanted)
+    init = (preset, seed, root, wanted, variant)
     workers = min(workers, len(tasks))
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=init) as pool:
         yield from pool.map(_write_in_worker, tasks)
@@ -149,10 +158,10 @@ def torch_threads(count: int) -> Iterator[None]:
 _worker: FrameWriter | None = None  # the FrameWriter of a worker process
 
 
-def _start_worker(preset: str, seed: int, root: Path, wanted: set[Tile]) -> None:
+def _start_worker(preset: str, seed: int, root: Path, wanted: set[Tile], variant: str) -> None:
     global _worker
     torch.set_num_threads(1)
-    _worker = FrameWriter(preset, seed, root, wanted)
+    _worker = FrameWriter(preset, seed, root, wanted, variant)
 
 
 def _write_in_worker(task: FrameTask) -> dict[Tile, np.ndarray]:

@@ -49,8 +49,9 @@ class HeadIdentity:
     eye_half_distance: float = 32.0
 
     @staticmethod
-    def sample(rng: np.random.Generator) -> HeadIdentity:
-        u = rng.uniform(-1.0, 1.0, size=8)
+    def sample(rng: np.random.Generator, spread: float = 1.0) -> HeadIdentity:
+        """Proportions drawn uniformly around the mean; `spread` multiplies every range."""
+        u = spread * rng.uniform(-1.0, 1.0, size=8)
         return HeadIdentity(
             width=1.0 + 0.04 * u[0],
             height=1.0 + 0.03 * u[1],

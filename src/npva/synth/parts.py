@@ -1,4 +1,5 @@
-"""Geometry the tracked mesh does not model: eyeballs, teeth, mouth cavity, tongue and hair strands.
+"""Geometry the tracked mesh does not model: eyeballs, teeth, mouth cavity, tongue, hair strands, and
+(in the capture variant) a hair volume off the scalp and shoulders in clothing.
 
 Every part is a small triangle mesh in the face frame with per-vertex normals and material coordinates
 (`params`, 3 floats per vertex whose meaning depends on the material, see albedo.py).
@@ -10,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from npva.geometry.mesh import uv_sphere
-from npva.synth.grid import SEAM_PHI
+from npva.geometry.mesh import uv_sphere, vertex_normals
+from npva.synth.grid import SEAM_PHI, ParamGrid, phi_of_s, theta_of_u
 from npva.synth.head import EYEBALL_RADIUS, Expression, HeadShape, rotate_about_hinge, rotate_x, smoothstep
 
 # Materials: how a face is coloured and shaded (0 is the background).
@@ -166,6 +168,7 @@ class HairStyle:
     length_mm: tuple[float, float]
     width_mm: float = 0.7
     segments: int = 6
+    flyaway: float = 0.0  # share of strands that stand out, rising 5-25 mm from the hair by their tips
 
 
 def hair_strands(
@@ -173,10 +176,13 @@ def hair_strands(
     scalp_weight: Callable[[np.ndarray], np.ndarray],
     style: HairStyle,
     rng: np.random.Generator,
+    volume_mm: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Part:
-    """Ribbons combed back and down, each point a few mm off the scalp (1 mm at the root, up to 4).
+    """Ribbons combed back and down, each point a few mm off the scalp (1 mm at the root, up to 4) or
+    off the hair volume; flyaway strands rise further and point anywhere.
 
-    scalp_weight: function of face-frame points (N, 3) -> (N,) in [0, 1], where hair grows.
+    scalp_weight: function of face-frame points (N, 3) -> (N,) in [0, 1], where hair grows;
+    volume_mm: function of scalp points (N, 3) -> (N,) height of the hair volume there (none: 0).
     params: (shade in [0, 1] per strand, position along the strand in [0, 1], 0)."""
     roots = _sample_roots(shape, scalp_weight, style.strands, rng)
     n, k = len(roots), style.segments + 1
@@ -184,10 +190,17 @@ def hair_strands(
     lengths = rng.uniform(*style.length_mm, size=n) * (0.35 + 0.65 * smoothstep(roots[:, 1], 30.0, 70.0))
     swirl = rng.normal(0.0, 0.35, size=n)
     offsets = 1.0 + rng.uniform(1.0, 3.0, size=n)[:, None] * np.linspace(0.0, 1.0, k)
+    if style.flyaway > 0:
+        flying = rng.uniform(size=n) < style.flyaway
+        offsets += (flying * rng.uniform(5.0, 25.0, size=n))[:, None] * np.linspace(0.0, 1.0, k) ** 1.5
+        lengths = np.where(flying, 1.6 * lengths, lengths)
+        swirl = np.where(flying, rng.normal(0.0, 1.5, size=n), swirl)
     points = np.empty((n, k, 3))
     d = roots / np.linalg.norm(roots, axis=1, keepdims=True)
     for i in range(k):
-        points[:, i] = _surface_along(shape, d) + d * offsets[:, i : i + 1]
+        surface = _surface_along(shape, d)
+        lift = offsets[:, i] if volume_mm is None else offsets[:, i] + volume_mm(surface)
+        points[:, i] = surface + d * lift[:, None]
         comb = np.array([0.0, -0.35, -1.0]) + swirl[:, None] * np.cross(d, [0.0, -0.35, -1.0])
         tangent = comb - np.sum(comb * d, axis=1, keepdims=True) * d
         tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
@@ -227,3 +240,73 @@ def _sample_roots(
         roots.append(points[keep])
         total += int(keep.sum())
     return np.concatenate(roots)[:count]
+
+
+def hair_volume(
+    shape: HeadShape,
+    volume_mm: Callable[[np.ndarray], np.ndarray],
+    streaks: Callable[[np.ndarray], np.ndarray],
+) -> Part:
+    """The outer surface of the hair: the scalp of the coarse grid lifted along the radius by
+    volume_mm (function of face-frame points (N, 3) -> (N,) mm, 0 where no hair grows); faces with
+    no lifted corner are left out. streaks: function of scalp points (N, 3) -> (N,) shade in [0, 1].
+    params: (shade, 0.3, 0) as for strands."""
+    grid = ParamGrid.coarse()
+    u, s = grid.vertex_params()
+    scalp = shape.identity_points(theta_of_u(u), phi_of_s(s))
+    lift, shade = volume_mm(scalp), streaks(scalp)
+    verts = scalp * (1.0 + lift / np.linalg.norm(scalp, axis=1))[:, None]
+    faces = grid.faces()
+    normals = vertex_normals(torch.from_numpy(verts), torch.from_numpy(faces)).numpy()
+    faces = faces[lift[faces].max(1) > 0.2]
+    params = np.stack((shade, np.full_like(shade, 0.3), np.zeros_like(shade)), 1)
+    return Part(verts, faces, normals, params, HAIR)
+
+
+@dataclass(frozen=True)
+class Shoulders:
+    """Shoulders and chest below the neck (mm): a tube whose rounded-rectangle section widens from a
+    collar round the neck to the shoulders and slopes down outwards."""
+
+    collar_y: float = -135.0  # face-frame y of the collar
+    drop: float = 150.0  # height of the tube below the collar
+    collar_radii: tuple[float, float] = (56.0, 54.0)  # half width, half depth at the collar
+    half_width: float = 185.0  # at the shoulders
+    half_depth: float = 110.0  # at the chest
+    slope: float = 30.0  # how far the shoulder tips sit below the collar line
+    centre_z: float = -15.0
+
+    @staticmethod
+    def sample(rng: np.random.Generator, neck_scale: float) -> Shoulders:
+        u = rng.uniform(-1.0, 1.0, size=4)
+        return Shoulders(
+            collar_radii=(56.0 * neck_scale, 54.0 * neck_scale),
+            half_width=185.0 + 20.0 * u[0],
+            half_depth=110.0 + 12.0 * u[1],
+            slope=30.0 + 12.0 * u[2],
+            centre_z=-15.0 + 8.0 * u[3],
+        )
+
+    def part(self, rows: int = 24, cols: int = 72) -> Part:
+        """The tube as a Part (CLOTH); params[:, 0]: shading of folds in [-0.12, 0.12]."""
+        h, a = np.meshgrid(np.linspace(0.0, 1.0, rows), np.linspace(0.0, 2.0 * np.pi, cols), indexing="ij")
+        grow = smoothstep(h, 0.0, 0.55)
+        rx = self.collar_radii[0] + (self.half_width - self.collar_radii[0]) * grow
+        rz = self.collar_radii[1] + (self.half_depth - self.collar_radii[1]) * grow
+        c, s = np.cos(a), np.sin(a)
+        # A superellipse of exponent 3 (|x/rx|^3 + |z/rz|^3 = 1): a rounded rectangle.
+        x, z = rx * np.sign(c) * np.abs(c) ** (2 / 3), rz * np.sign(s) * np.abs(s) ** (2 / 3)
+        y = self.collar_y - self.drop * h - self.slope * grow * (np.abs(x) / self.half_width) ** 2
+        verts = np.stack((x, y, z + self.centre_z), -1).reshape(-1, 3)
+        outward = np.stack(
+            (
+                np.sign(x) * np.abs(x / rx) ** 2 / rx,
+                np.full_like(x, 0.3 / self.drop),
+                np.sign(z) * np.abs(z / rz) ** 2 / rz,
+            ),
+            -1,
+        ).reshape(-1, 3)
+        normals = outward / np.linalg.norm(outward, axis=1, keepdims=True)
+        folds = 0.12 * np.sin(5.0 * a + 4.0 * h) * np.sin(3.0 * a - 2.0 * h + 1.0)
+        params = np.stack((folds, h, np.zeros_like(h)), -1).reshape(-1, 3)
+        return Part(verts, _grid_faces(rows, cols), normals, params, CLOTH, 0.9)

@@ -1,8 +1,9 @@
 """Shading of the synthetic scene: images, MVS-like depth maps and the average UV texture.
 
-Light is studio light fixed in the world: two directional lights and an ambient term (Lambert), plus a
-Blinn-Phong highlight per material. Every pixel is coloured from interpolated material coordinates, so
-texture detail does not depend on the triangle size. Images are supersampled and box-filtered.
+Light is fixed in the world: directional lights and an ambient term (Lambert), plus a Blinn-Phong
+highlight per material; the studio light (two lights) unless a subject draws its own (`Lighting`).
+Every pixel is coloured from interpolated material coordinates, so texture detail does not depend on
+the triangle size. Images are supersampled and box-filtered.
 """
 
 from __future__ import annotations
@@ -31,6 +32,37 @@ LIGHTS = (
 # Blinn-Phong strength and exponent per material index (0 background .. 7 cloth, see parts.py).
 _SPECULAR = np.array([0.0, 0.12, 0.9, 0.35, 0.0, 0.3, 0.25, 0.0])
 _SHININESS = np.array([1.0, 24.0, 300.0, 60.0, 1.0, 40.0, 18.0, 1.0])
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """World-fixed light: ambient (3,), (unit direction towards the light (3,), colour (3,)) per light,
+    and the skin's Blinn-Phong strength and exponent."""
+
+    ambient: np.ndarray
+    lights: tuple[tuple[np.ndarray, np.ndarray], ...]
+    skin_specular: float = float(_SPECULAR[SKIN])
+    skin_shininess: float = float(_SHININESS[SKIN])
+
+    @staticmethod
+    def sample(rng: np.random.Generator, count: int) -> Lighting:
+        """`count` lights in front of and above the head (within 70 degrees of azimuth, 5-55 of
+        elevation), warm or cool, about as bright together as the studio light; oily skin."""
+        weights = rng.uniform(0.4, 1.0, size=count)
+        lights = []
+        for weight in weights / weights.sum():
+            direction = view_direction(rng.uniform(5.0, 55.0), rng.uniform(-70.0, 70.0))
+            tint = np.array([1.0, 0.97, 0.92]) + rng.uniform(-0.08, 0.08) * np.array([1.0, 0.0, -1.0])
+            lights.append((direction, 1.1 * weight * tint))
+        return Lighting(
+            ambient=np.full(3, rng.uniform(0.15, 0.25)),
+            lights=tuple(lights),
+            skin_specular=rng.uniform(0.2, 0.4),
+            skin_shininess=rng.uniform(25.0, 50.0),
+        )
+
+
+STUDIO = Lighting(AMBIENT, LIGHTS)
 SEEN_THROUGH = (EYE, TEETH, CAVITY, TONGUE)  # behind the tracked mesh: eyes, and inside the mouth
 FACE_VIEW_CENTRE = np.array([0.0, -30.0, 80.0])  # face-frame point the face camera looks at
 
@@ -131,15 +163,18 @@ def shade(
     material: torch.Tensor,
     occlusion: torch.Tensor,
     to_eye: torch.Tensor | None = None,
+    lighting: Lighting = STUDIO,
 ) -> torch.Tensor:
     """Colour (N, 3) of surface points: albedo (N, 3) times ambient plus Lambert for unit normals
     (N, 3), times occlusion (N,); plus the Blinn-Phong highlight of each material (N,) when the unit
     directions to the eye (N, 3) are given."""
-    diffuse = torch.as_tensor(AMBIENT, dtype=albedo.dtype).expand_as(albedo).clone()
+    diffuse = torch.as_tensor(lighting.ambient, dtype=albedo.dtype).expand_as(albedo).clone()
     highlight = torch.zeros_like(albedo)
-    strength = torch.as_tensor(_SPECULAR, dtype=albedo.dtype)[material]
-    shininess = torch.as_tensor(_SHININESS, dtype=albedo.dtype)[material]
-    for direction, colour in LIGHTS:
+    specular, shininess = _SPECULAR.copy(), _SHININESS.copy()
+    specular[SKIN], shininess[SKIN] = lighting.skin_specular, lighting.skin_shininess
+    strength = torch.as_tensor(specular, dtype=albedo.dtype)[material]
+    shininess = torch.as_tensor(shininess, dtype=albedo.dtype)[material]
+    for direction, colour in lighting.lights:
         light = torch.as_tensor(direction, dtype=albedo.dtype)
         tint = torch.as_tensor(colour, dtype=albedo.dtype)
         lambert = (normal @ light).clamp(min=0.0)
@@ -160,6 +195,7 @@ def render_view(
     skin_texture: torch.Tensor,
     look: Look,
     specular: bool = True,
+    lighting: Lighting = STUDIO,
 ) -> View:
     """Render the scene into a camera at (height, width), supersampled per axis."""
     hs, ws = height * supersample, width * supersample
@@ -181,7 +217,7 @@ def render_view(
     albedo = torch.from_numpy(part_albedo(material.numpy(), params.double().numpy(), look)).float()
     skin = material == SKIN
     albedo[skin] = sample_texture(skin_texture.permute(2, 0, 1), params[skin, :2])
-    colour = shade(albedo, normal, material, scene.occlusion[ids], to_eye if specular else None)
+    colour = shade(albedo, normal, material, scene.occlusion[ids], to_eye if specular else None, lighting)
 
     image = torch.as_tensor(BACKGROUND, dtype=torch.float32).repeat(hs * ws, 1)
     image[covered] = colour.clamp(0.0, 1.0)

@@ -46,6 +46,11 @@ def view_direction(elevation_deg: float, azimuth_deg: float) -> np.ndarray:
     )
 
 
+def camera_direction(name: str) -> np.ndarray:
+    """(3,) unit vector from the dome's target towards camera `name` (before its small offsets)."""
+    return view_direction(*_dome_positions()[name])
+
+
 def frontal_directions(max_angle_deg: float) -> tuple[tuple[float, float], ...]:
     """(elevation, azimuth) in degrees of the dome cameras within max_angle_deg of head-on."""
     limit = np.cos(np.deg2rad(max_angle_deg))

@@ -16,6 +16,7 @@ from npva.synth.frames import write_frames
 from npva.synth.grid import ParamGrid
 from npva.synth.scene import FrameKey, Preset, capture_frames, dome_camera, get_preset
 from npva.synth.sheet import ContactSheet
+from npva.synth.variant import get_variant
 
 MARKER = ".npva_synth.json"  # names the files a synth run writes, so that a re-run may replace them
 CONTACT_SHEET = "contact_sheet.png"
@@ -28,6 +29,7 @@ class SynthSummary:
     root: Path
     preset: str
     seed: int
+    variant: str
     cameras: int
     sequences: int
     frames: int
@@ -41,23 +43,28 @@ class SynthSummary:
     def __str__(self) -> str:
         height, width = self.image_size
         return (
-            f"synthetic subject {self.root} (preset {self.preset}, seed {self.seed}): "
+            f"synthetic subject {self.root} (preset {self.preset}, seed {self.seed}{self._variant_words()}): "
             f"{self.cameras} cameras x {self.frames} frames in {self.sequences} sequences, "
             f"images {height}x{width}, textures {self.texture_size}^2, tracked mesh {self.mesh_vertices} "
             f"vertices; {self.files} files, {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s"
         )
 
+    def _variant_words(self) -> str:
+        return "" if self.variant == "clean" else f", variant {self.variant}"
+
 
 def write_subject(
-    out: Path, preset: str = "tiny", seed: int = 0, *, workers: int | None = None
+    out: Path, preset: str = "tiny", seed: int = 0, *, variant: str = "clean", workers: int | None = None
 ) -> SynthSummary:
-    """Write the synthetic subject of `seed` at the size of `preset` into `out`.
+    """Write the synthetic subject of `seed` and `variant` (variant.py) at the size of `preset` into
+    `out`.
 
     `out` must be absent, empty, or a previous synth output (whose files are then replaced).
     workers: processes that render the frames' views; default 1 for the tiny preset, else one per
     available CPU core. The files do not depend on it."""
     start = time.perf_counter()
     spec = get_preset(preset)
+    get_variant(variant)
     if importlib.util.find_spec("OpenEXR") is None:
         raise NpvaError(
             "synth writes its MVS depth maps as EXR, which needs the OpenEXR package (pip install OpenEXR)"
@@ -73,7 +80,7 @@ def write_subject(
     if workers is None:
         workers = 1 if spec.name == "tiny" else _available_cores()
     sheet = ContactSheet(spec, frames)
-    sheet.add(write_frames(preset, seed, out, frames, sheet.wanted(), workers))
+    sheet.add(write_frames(preset, seed, out, frames, sheet.wanted(), workers, variant))
     entries = [(key.sequence, key.frame) for key in frames]
     write_frame_list(layout.frame_list, entries)
     write_frame_list(layout.split_list("train"), [e for e in entries if e[0] in spec.train_sequences])
@@ -86,6 +93,7 @@ def write_subject(
         root=out,
         preset=preset,
         seed=seed,
+        variant=variant,
         cameras=len(spec.cameras),
         sequences=len(spec.sequences),
         frames=len(frames),

@@ -8,17 +8,24 @@ eyes and the mouth whose coarse point is seen in front of an eyeball, teeth, cav
 that colour instead, averaged over views of the scene from the directions of the dome cameras that face
 the head (within 30 degrees of head-on): as in a capture, the mouth interior, seen with parallax behind
 the tracked surface, is blurred by the average.
+
+`unwrap` makes the texture as a capture system does (variant "capture"): every texel's point on the
+tracked mesh is looked up in each photo that sees it, and the colours are averaged with weights that
+favour head-on views. Lighting and highlights are baked in, texels blur where the tracked mesh is off
+the true surface, the mouth smears; texels no photo sees are filled from their neighbours.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 
 from npva.geometry.camera import Camera, project
-from npva.geometry.raster import interpolate, rasterize_uv
+from npva.geometry.mesh import vertex_normals
+from npva.geometry.raster import interpolate, rasterize_camera, rasterize_uv
 from npva.synth.albedo import SkinAlbedo
 from npva.synth.grid import SEAM_S, ParamGrid, phi_of_s, theta_of_u
 from npva.synth.head import Expression, HeadShape
@@ -26,6 +33,8 @@ from npva.synth.parts import SKIN
 from npva.synth.render import SEEN_THROUGH, View, shade
 
 _STEP = 1e-4  # grid-coordinate step of the finite differences that give texel normals
+VISIBLE_DEPTH_MM = 4.0  # a texel is seen by a photo when it lies this close to the mesh's depth there
+MIN_FACING = 0.2  # cosine between the mesh normal and the view ray under which a photo is not used
 
 
 class AverageTexture:
@@ -88,3 +97,52 @@ class AverageTexture:
         texture = np.zeros((self.size, self.size, 3), dtype=np.float32)
         texture[self.rows, self.cols] = np.clip(colour, 0.0, 1.0)
         return texture
+
+    def unwrap(self, mesh_world: torch.Tensor, photos: Sequence[tuple[np.ndarray, Camera]]) -> np.ndarray:
+        """(size, size, 3) float texture unwrapped from photos through the tracked mesh; 0 outside
+        the UV layout.
+
+        mesh_world: (V, 3) tracked mesh in the world (mm); photos: images (H, W, 3) in [0, 1] with
+        their cameras (intrinsics at that size). A texel's colour is the mean of the photos that see
+        its point on the mesh (in front of the mesh's own depth there, facing the camera), weighted by
+        the squared cosine of the view angle; texels that no photo sees are inpainted."""
+        mesh_world = mesh_world.double()
+        texel_world = interpolate(mesh_world, self.faces, self.frags)[self.rows, self.cols]
+        normals = interpolate(vertex_normals(mesh_world, self.faces), self.faces, self.frags)
+        normals = torch.nn.functional.normalize(normals[self.rows, self.cols], dim=-1)
+        total = np.zeros((len(self.rows), 3))
+        weights = np.zeros(len(self.rows))
+        for image, camera in photos:
+            weight, pixel = self._photo_weights(mesh_world, texel_world, normals, camera)
+            x, y = (pixel - 0.5).astype(np.float32).T  # remap takes pixel centres at integers
+            colour = cv2.remap(
+                image, x[:, None], y[:, None], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+            )
+            total += weight[:, None] * colour[:, 0]
+            weights += weight
+        seen = weights > 0
+        texture = np.zeros((self.size, self.size, 3), dtype=np.float32)
+        texture[self.rows[seen], self.cols[seen]] = total[seen] / weights[seen, None]
+        unseen = np.zeros((self.size, self.size), dtype=np.uint8)
+        unseen[self.rows[~seen], self.cols[~seen]] = 255
+        filled = cv2.inpaint(np.round(texture * 255).astype(np.uint8), unseen, 3, cv2.INPAINT_TELEA)
+        texture[unseen > 0] = filled[unseen > 0] / 255.0
+        return texture
+
+    def _photo_weights(
+        self, mesh_world: torch.Tensor, texel_world: torch.Tensor, normals: torch.Tensor, camera: Camera
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Weights (N,) of one photo for the texels (0 where it does not see them) and their pixel
+        coordinates (N, 2) in it."""
+        depth_map = rasterize_camera(mesh_world, self.faces, camera).depth.numpy()
+        pixel, depth = project(texel_world, camera)
+        pixel, depth = pixel.numpy(), depth.numpy()
+        col = np.clip(pixel[:, 0].astype(int), 0, camera.width - 1)
+        row = np.clip(pixel[:, 1].astype(int), 0, camera.height - 1)
+        inside = (pixel[:, 0] >= 0) & (pixel[:, 0] < camera.width) & (pixel[:, 1] >= 0)
+        inside &= pixel[:, 1] < camera.height
+        front = depth_map[row, col]
+        visible = inside & (front > 0) & (depth < front + VISIBLE_DEPTH_MM)
+        to_camera = torch.nn.functional.normalize(torch.from_numpy(camera.centre) - texel_world, dim=-1)
+        facing = (normals * to_camera).sum(-1).numpy()
+        return np.where(visible & (facing > MIN_FACING), facing**2, 0.0), pixel
