@@ -8,7 +8,6 @@ import struct
 import wave
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -27,6 +26,8 @@ from npva.eval.video import (
 from npva.geometry.camera import look_at, project
 from npva.geometry.mesh import uv_sphere
 from npva.io.multiface import read_frame_list, read_krt, write_frame_list
+
+av = pytest.importorskip("av")
 
 SEQUENCE_FRAMES = 2
 

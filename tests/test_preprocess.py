@@ -194,8 +194,8 @@ def test_missing_image_is_reported_and_skipped(tiny_subject, tmp_path, capsys):
     layout.image(seq, cam, frame).unlink()
     code = main(["preprocess", str(subject), "--uv-size", "32", "--no-progress"])
     printed = capsys.readouterr().out
-    assert code == 1
-    assert str(layout.image(seq, cam, frame)) in printed
+    assert code == 0  # a gap of the capture, not a failure
+    assert "missing in the capture (left out, not failures): 1 views without a photo" in printed
     assert gd.GenDir(subject / "gendir").posmap(seq, frame).is_file()
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from npva import __version__
 from npva.config import PreprocessConfig
 from npva.errors import NpvaError
+from npva.io.splits import DEFAULT_PROTOCOL, GENERIC_TEST_FRACTION, PROTOCOLS
 
 # Exit statuses (README, "Exit status"); argparse exits 2 on a usage error.
 EXIT_PROBLEMS = 1  # the command ran and reported problems (check: not usable; preprocess: some failed)
@@ -38,9 +39,11 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
     mode, *rest = args.depth
     if len(rest) > 1 or (rest and mode != "import"):
-        raise NpvaError(f"--depth takes import [DIR], mesh or none, got {' '.join(args.depth)}")
+        raise NpvaError(f"--depth takes auto, import [DIR], mesh or none, got {' '.join(args.depth)}")
+    if args.preset and args.uv_size:
+        raise NpvaError("give --preset or --uv-size, not both (a preset decides the position map size)")
     config = PreprocessConfig(
-        uv_size=args.uv_size,
+        uv_size=args.uv_size or _preset_uv_size(args.preset or "full"),
         image_scale=args.scale,
         depth=mode,
         depth_dir=rest[0] if rest else None,
@@ -60,22 +63,52 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     return EXIT_PROBLEMS if summary.failed else 0
 
 
+def _preset_uv_size(preset: str) -> int:
+    from npva.train.presets import preset_config
+
+    return preset_config(preset).model.posmap_size
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    from npva.io.splits import protocol_split
+    from npva.io.subject import SubjectLayout
+
+    folder = SubjectLayout(Path(args.subject)).splits_dir
+    if folder.exists():
+        raise NpvaError(f"{folder}: exists already; move it away to write another split")
+    split = protocol_split(
+        Path(args.subject),
+        args.protocol,
+        test_sequences=args.test_sequences,
+        test_fraction=args.test_fraction,
+        test_cameras=args.test_cameras,
+        every=args.every,
+    )
+    split.write(folder)
+    print(f"{split.describe()}; written to {folder}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import logging
     import os
 
-    from npva.train import build_config, saved_run_config, train
+    from npva.train import build_config, preprocessed_preset, saved_run_config, train
 
-    run_dir = Path(args.out)
-    fresh_settings = args.preset is not None or args.config is not None
-    config = build_config(
-        args.preset, args.config, args.set, base=None if fresh_settings else saved_run_config(run_dir)
-    )
     main_process = os.environ.get("RANK", "0") == "0"
     logging.basicConfig(
         level=logging.INFO if main_process else logging.WARNING, format="npva train: %(message)s"
     )
-    result = train(Path(args.subject), run_dir, config, gendir=Path(args.gendir) if args.gendir else None)
+    run_dir = Path(args.out)
+    subject = Path(args.subject)
+    gendir = Path(args.gendir) if args.gendir else subject / "gendir"
+    saved = None if args.preset is not None or args.config is not None else saved_run_config(run_dir)
+    preset = args.preset
+    if preset is None and saved is None:
+        preset = preprocessed_preset(gendir)
+        logging.getLogger(__name__).info("preset %s: the one %s was preprocessed for", preset, gendir)
+    config = build_config(preset, args.config, args.set, base=saved)
+    result = train(subject, run_dir, config, gendir=gendir)
     if main_process:
         print(result.summary())
     return 0
@@ -117,15 +150,14 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_video(args: argparse.Namespace) -> int:
-    from npva.eval.loading import frame_list_path, run_directory
+    from npva.eval.loading import read_img_list, run_directory
     from npva.eval.video import describe_video, make_video
-    from npva.io.multiface import read_frame_list
 
     ctx = _open_checkpoint(args)
     if args.out:
         out_path = Path(args.out)
     else:
-        frames = read_frame_list(frame_list_path(ctx, args.img_list))
+        frames = read_img_list(ctx, args.img_list)
         seq = frames[0][0] if frames else "video"
         out_path = run_directory(ctx.checkpoint) / "video" / f"{seq}.mp4"
     path = make_video(
@@ -212,14 +244,20 @@ def build_parser() -> argparse.ArgumentParser:
     prep = sub.add_parser("preprocess", help="position maps, masks, depth and statistics")
     prep.add_argument("subject", help="subject directory (Multiface layout)")
     prep.add_argument("--gendir", help="output directory (default SUBJECT/gendir)")
-    prep.add_argument("--uv-size", type=int, default=defaults.uv_size, help="position map side")
+    prep.add_argument(
+        "--preset",
+        choices=("tiny", "demo", "full"),
+        help="the training preset to preprocess for: its position map size (default full, 256)",
+    )
+    prep.add_argument("--uv-size", type=int, help="position map side (instead of --preset)")
     prep.add_argument("--scale", type=float, default=defaults.image_scale, help="training size / image size")
     prep.add_argument(
         "--depth",
         nargs="+",
-        default=["import"],
+        default=[defaults.depth],
         metavar="MODE",
-        help="import [DIR] (MVS depth per camera, .exr or .npz; default SUBJECT/mvs_depth), "
+        help="auto (import when SUBJECT/mvs_depth exists, else mesh; the default), "
+        "import [DIR] (MVS depth per camera, .exr or .npz; default SUBJECT/mvs_depth), "
         "mesh (the tracked mesh rendered: a weak fallback without mouth interior or hair), none",
     )
     prep.add_argument(
@@ -229,11 +267,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="multiplies imported depth to give mm (1000 for metres)",
     )
     prep.add_argument("--mouth-mask", help="UV-space PNG of mouth texels (default: derived)")
-    prep.add_argument("--stats-list", help="frames for the statistics (default: the train split)")
+    prep.add_argument("--stats-list", help="frames for the statistics (default: the split's train frames)")
     prep.add_argument("--shard", help="I/N: this process's part (default RANK/WORLD_SIZE, or all)")
     prep.add_argument("--workers", type=int, default=1, help="processes on this machine")
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.set_defaults(run=_cmd_preprocess)
+
+    split = sub.add_parser(
+        "split", help="write SUBJECT/splits/ (train and test frames, camera split) by a named protocol"
+    )
+    split.add_argument("subject", help="subject directory (Multiface layout) without splits/")
+    split.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=DEFAULT_PROTOCOL,
+        help="npva-paper (the authors' held-out Multiface sequences, every third frame), generic (the "
+        "options below), auto (npva-paper when the subject has those sequences, else generic; the split "
+        "used without splits/)",
+    )
+    split.add_argument("--test-sequences", nargs="+", default=[], metavar="SEQ", help="generic: held out")
+    split.add_argument(
+        "--test-fraction",
+        type=float,
+        default=GENERIC_TEST_FRACTION,
+        help="generic: share of sequences held out when none are named (spread over their sorted names)",
+    )
+    split.add_argument(
+        "--test-cameras", nargs="+", default=[], metavar="NAME", help="generic: cameras held out of training"
+    )
+    split.add_argument("--every", type=int, default=1, help="generic: every N-th frame of each sequence")
+    split.set_defaults(run=_cmd_split)
 
     train = sub.add_parser(
         "train",
@@ -247,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--preset",
         choices=("tiny", "demo", "full"),
-        help="named settings (default: the run's own when resuming, else full, the published ones)",
+        help="named settings (default: the run's own when resuming, else the preset the gendir was "
+        "preprocessed for, else full, the published ones)",
     )
     train.add_argument("--config", metavar="FILE", help="YAML settings laid over the preset")
     train.add_argument(
@@ -262,7 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     render = sub.add_parser("render", help="render a list of frames: images, depth, normals, meshes, points")
     _add_checkpoint_arguments(render)
     render.add_argument(
-        "--img-list", required=True, metavar="FILE", help='"<seq> <frame>" lines, or a split name (test)'
+        "--img-list",
+        default="test",
+        metavar="FILE",
+        help='"<seq> <frame>" lines, or a split name (default test: the held-out frames)',
     )
     render.add_argument(
         "--cameras", nargs="+", default=[], metavar="NAME", help="camera names, test or train (default all)"
@@ -275,7 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     video = sub.add_parser("video", help="replay a list of frames as an MP4 (fixed camera or orbit)")
     _add_checkpoint_arguments(video)
     video.add_argument(
-        "--img-list", required=True, metavar="FILE", help='"<seq> <frame>" lines in order, or a split name'
+        "--img-list",
+        default="test",
+        metavar="FILE",
+        help='"<seq> <frame>" lines in order, or a split name (default test: the held-out frames)',
     )
     video.add_argument("--camera", metavar="NAME", help="fixed camera (default 400029, else KRT's first)")
     video.add_argument(
@@ -290,7 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     metrics = sub.add_parser("metrics", help="PSNR / SSIM / LPIPS under a named protocol, CSV + JSON")
     _add_checkpoint_arguments(metrics)
     metrics.add_argument(
-        "--img-list", required=True, metavar="FILE", help='"<seq> <frame>" lines, or a split name (test)'
+        "--img-list",
+        default="test",
+        metavar="FILE",
+        help='"<seq> <frame>" lines, or a split name (default test: the held-out frames)',
     )
     metrics.add_argument(
         "--protocol",

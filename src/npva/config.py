@@ -139,7 +139,9 @@ class PreprocessConfig:
 
     uv_size: int = 256  # side of the position maps
     image_scale: float = 0.5  # training resolution relative to the images (2048x1334 -> 1024x667)
-    depth: str = "import"  # "import" (MVS depth files), "mesh" (tracked mesh rendered), "none"
+    # "auto" (import when the MVS depth folder exists, else mesh), "import" (MVS depth files),
+    # "mesh" (the tracked mesh rendered), "none"
+    depth: str = "auto"
     depth_dir: str | None = (
         None  # for "import": <dir>/<seq>/<cam>/<frame>.exr|.npz; default <subject>/mvs_depth
     )
@@ -147,16 +149,16 @@ class PreprocessConfig:
     mouth_mask: str | None = None  # a UV-space PNG overriding the derived mouth mask
     mouth_stretch: float = 2.5  # texel cells whose area grows this much over the frames are mouth
     mouth_dilate: int = 1  # texels added around the derived mouth region
-    stats_list: str | None = None  # frames for the statistics; default splits/train_list.txt, else all
+    stats_list: str | None = None  # frames for the statistics; default the split's train frames
 
 
 @dataclass
 class DataConfig:
     """Training samples: one (frame, camera) image per step (method.md section 8)."""
 
-    frames: str = "train"  # split name (splits/<name>_list.txt) or a path to a "<seq> <frame>" list
+    frames: str = "train"  # split name (npva.io.splits), "all" or a path to a "<seq> <frame>" list
     cameras: tuple[str, ...] = ()  # cameras to train on; empty: every camera (the authors used 400029 only)
-    camera_split: bool = False  # keep only the training cameras of splits/camera_split.json
+    camera_split: bool = False  # keep only the training cameras of the subject's split
     texture_size: int = 1024  # side the average texture is resized to; must equal ModelConfig.texture_size
     image_cache: str = "png"  # photos resized to the training size kept on disk: "png", "npy" or "none"
     cache_dir: str | None = None  # where the cache lives; default <gendir>/image_cache

@@ -15,6 +15,7 @@ camera split.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -47,11 +48,14 @@ class DemoResult:
     images: list[Path] = field(default_factory=list)
     video: Path | None = None
     metrics_dir: Path | None = None
+    protocol: str = ""  # what the table measures (see protocol_line)
 
     def table(self) -> str:
-        """PSNR / SSIM of the avatar and of the textured-mesh baseline per region, then the times."""
+        """What is measured, PSNR / SSIM of the avatar and of the textured-mesh baseline per region, then
+        the times."""
         header = f"{'':22}" + "".join(f"{name:>24}" for _, name in TABLE_REGIONS)
-        lines = [header, f"{'':22}" + "".join(f"{'PSNR dB / SSIM':>24}" for _ in TABLE_REGIONS)]
+        lines = [f"protocol: {self.protocol}"] if self.protocol else []
+        lines += [header, f"{'':22}" + "".join(f"{'PSNR dB / SSIM':>24}" for _ in TABLE_REGIONS)]
         for key, label in (("avatar", "avatar (npva)"), ("baseline", "tracked mesh, avg tex")):
             cells = []
             for region, _ in TABLE_REGIONS:
@@ -125,15 +129,30 @@ def run_demo(
 
     ctx = open_checkpoint(run_dir, subject=subject)
     dataset = evaluation_dataset(ctx, HELD_OUT, [HELD_OUT])
+    result.protocol = protocol_line(ctx.config.data.camera_split, sorted({key.cam for key in dataset.keys}))
     result.metrics_dir = default_out_dir(ctx, "standard")
     report = stage("metrics", lambda: _metrics(ctx, dataset, result.metrics_dir, progress))
     result.summary = report.summary
     result.images = stage("render", lambda: _render(ctx, run_dir, progress))
-    result.video = stage("video", lambda: _video(ctx, run_dir, progress))
+    if importlib.util.find_spec("av") is None:
+        say("npva demo: video: left out, PyAV is not installed (pip install av, or npva[video])")
+    else:
+        result.video = stage("video", lambda: _video(ctx, run_dir, progress))
     result.seconds = dict(state["seconds"])
     state["summary"] = report.to_json()["summary"]
     _write_state(out / STATE, state)
     return result
+
+
+def protocol_line(cameras_held_out: bool, cameras: list[str]) -> str:
+    """The demo's evaluation protocol in words: the held-out frames, from `cameras`, which training saw
+    (the authors' protocol: novel expressions from training cameras) unless `cameras_held_out`."""
+    seen = (
+        "held out of training"
+        if cameras_held_out
+        else "which training also saw (novel expressions from training cameras, the authors' protocol)"
+    )
+    return f"held-out frames (novel expressions, a novel sentence) from cameras {', '.join(cameras)}, {seen}"
 
 
 def _synth(subject: Path, preset: str, seed: int, workers: int, say: Callable[[str], None]) -> None:
@@ -191,10 +210,10 @@ def _video(ctx, run_dir: Path, progress: bool) -> Path:
 
 
 def _first_frame_per_sequence(ctx) -> list[tuple[str, str]]:
-    from npva.io.multiface import read_frame_list
+    from npva.eval.loading import read_img_list
 
     first: dict[str, str] = {}
-    for seq, frame in read_frame_list(ctx.layout.split_list(HELD_OUT)):
+    for seq, frame in read_img_list(ctx, HELD_OUT):
         first.setdefault(seq, frame)
     return list(first.items())
 

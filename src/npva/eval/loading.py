@@ -8,7 +8,6 @@ A checkpoint records the subject and preprocessing directories it was trained on
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +16,11 @@ import torch
 
 from npva.config import ExperimentConfig
 from npva.errors import MissingFileError, NpvaError
-from npva.io.multiface import read_camera_split
+from npva.io.splits import SIDES, split_cameras
 from npva.io.subject import SubjectLayout
 from npva.train.avatar import Avatar
 from npva.train.checkpoint import latest_checkpoint, load_avatar, load_checkpoint
-from npva.train.data import AvatarDataset, select_samples
+from npva.train.data import AvatarDataset, read_frames, select_cameras
 
 
 @dataclass
@@ -87,41 +86,25 @@ def open_checkpoint(
 
 def parse_cameras(ctx: EvalContext, cameras: Sequence[str]) -> tuple[str, ...]:
     """Camera names from the command line: names, or "test" / "train" for that side of the subject's
-    splits/camera_split.json; empty means every camera."""
+    split (see npva.io.splits); empty means every camera."""
     chosen: list[str] = []
     for name in cameras:
-        if name in ("test", "train"):
-            split = ctx.layout.camera_split
-            if not split.exists():
-                raise MissingFileError(split, f"camera split (asked for the {name} cameras)")
-            chosen.extend(read_camera_split(split)[name])
-        else:
-            chosen.append(name)
+        chosen.extend(split_cameras(ctx.subject, name) if name in SIDES else [name])
     return tuple(dict.fromkeys(chosen))
 
 
-def frame_list_path(ctx: EvalContext, img_list: str | Path) -> Path:
-    """The "<seq> <frame>" list file that `img_list` names: an existing file, a path, "all" (the
-    subject's frame_list.txt) or a split name ("test", "train": splits/<name>_list.txt)."""
-    path = Path(img_list)
-    if path.is_file() or "/" in str(img_list) or os.sep in str(img_list) or path.suffix == ".txt":
-        return path
-    if str(img_list) == "all":
-        return ctx.layout.frame_list
-    return ctx.layout.split_list(str(img_list))
+def read_img_list(ctx: EvalContext, img_list: str | Path) -> list[tuple[str, str]]:
+    """The (seq, frame) pairs `img_list` names: a "<seq> <frame>" list file, "all" (the subject's
+    frame_list.txt) or a split name ("test", "train": the subject's split, see npva.io.splits)."""
+    return read_frames(ctx.subject, str(img_list))
 
 
 def evaluation_dataset(ctx: EvalContext, img_list: str | Path, cameras: Sequence[str] = ()) -> AvatarDataset:
-    """Samples of the (seq, frame) lines of `img_list` (see frame_list_path) seen from `cameras`
+    """Samples of the (seq, frame) pairs of `img_list` (see read_img_list) seen from `cameras`
     (names, "test"/"train", or every camera), at the training size, without caching."""
-    data = dataclasses.replace(
-        ctx.config.data,
-        frames=str(frame_list_path(ctx, img_list).resolve()),
-        cameras=parse_cameras(ctx, cameras),
-        camera_split=False,
-        image_cache="none",
-    )
-    frames, names = select_samples(ctx.subject, data)
+    data = dataclasses.replace(ctx.config.data, image_cache="none")
+    names = select_cameras(ctx.subject, parse_cameras(ctx, cameras))
+    frames = read_img_list(ctx, img_list)
     return AvatarDataset(
         ctx.subject, ctx.gendir, frames, names, data, full_texture=ctx.config.render.texture_lookup
     )

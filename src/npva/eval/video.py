@@ -26,20 +26,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from npva.errors import FormatError, MissingFileError, NpvaError
-from npva.eval.loading import EvalContext, frame_list_path
+from npva.eval.loading import EvalContext, read_img_list
 from npva.fileio import atomic_path
 from npva.geometry.camera import Camera, look_at, pixel_rays
 from npva.geometry.mesh import to_world, vertex_normals
 from npva.geometry.raster import interpolate, rasterize_camera
 from npva.io.multiface import (
-    read_frame_list,
     read_image,
     read_image_size,
     read_krt,
@@ -50,7 +49,11 @@ from npva.io.multiface import (
 from npva.preprocess.gendir import GenDir, read_manifest, read_posmap
 from npva.train.data import TrainSample, image_tensor, training_size
 
+if TYPE_CHECKING:
+    import av
+
 DEFAULT_CAMERA = "400029"
+PYAV_REQUIREMENT = "av>=12"  # also the `video` extra: pip install 'npva[video]'
 MESH_ALBEDO = 0.8  # grey of the shaded tracked mesh
 MESH_AMBIENT = 0.15  # share of the light that does not depend on the normal
 
@@ -197,11 +200,23 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 # The video
 
 
+def pyav():
+    """The PyAV module (imported only by the commands that write or read videos)."""
+    try:
+        import av
+    except ImportError:
+        raise NpvaError(
+            f"videos need PyAV, which is not installed: pip install '{PYAV_REQUIREMENT}' (or npva[video])"
+        ) from None
+    return av
+
+
 class AudioTrack:
     """The first audio stream of a file re-encoded as AAC into an output container a little at a time
     (so that audio and video packets interleave), cut at `end` seconds."""
 
     def __init__(self, container: av.container.OutputContainer, path: Path, end: float):
+        av = pyav()
         try:
             self._source = av.open(str(path))
             audio_in = self._source.streams.audio[0]
@@ -231,7 +246,9 @@ class AudioTrack:
             if keep < frame.samples:
                 samples = frame.to_ndarray()  # (channels, n) planar or (1, n * channels) packed
                 samples = samples[:, : keep if frame.format.is_planar else keep * len(frame.layout.channels)]
-                cut = av.AudioFrame.from_ndarray(samples, format=frame.format.name, layout=frame.layout.name)
+                cut = pyav().AudioFrame.from_ndarray(
+                    samples, format=frame.format.name, layout=frame.layout.name
+                )
                 cut.sample_rate = frame.sample_rate
                 frame = cut
             frame.pts = None
@@ -265,10 +282,10 @@ def make_video(
     (written atomically); see the module docstring for cameras, --prmesh and audio. Returns out_path."""
     if fps <= 0:
         raise NpvaError(f"fps must be positive, got {fps}")
-    list_path = frame_list_path(ctx, img_list)
-    frames = read_frame_list(list_path)
+    av = pyav()
+    frames = read_img_list(ctx, img_list)
     if not frames:
-        raise NpvaError(f"{list_path}: no frames to replay")
+        raise NpvaError(f"{img_list}: no frames to replay")
     name = camera or default_camera(list(read_krt(ctx.layout.krt)))
     base = training_camera(ctx, name, frames)
     if orbit:
@@ -324,7 +341,7 @@ def _video_frame(ctx: EvalContext, seq: str, frame: str, camera: Camera, prmesh:
 
 def describe_video(path: Path) -> str:
     """One line about an MP4: frames, size, rate, duration, audio."""
-    with av.open(str(path)) as container:
+    with pyav().open(str(path)) as container:
         video = container.streams.video[0]
         rate = float(video.average_rate or 0)
         frames = video.frames or sum(1 for packet in container.demux(video) if packet.size)

@@ -2,8 +2,12 @@
 
 Images and textures are checked cheaply (PNG header, size and end of file, no decoding); meshes, head
 poses, lists and depth maps are read fully, as preprocessing will read them. The subject is usable when
-KRT and the frame list parse and every file the listed frames need (an image per KRT camera, the tracked
-mesh, the head pose, the average texture) is present, well formed and consistent with the others.
+KRT and the frame list parse, every file the listed frames have (an image per KRT camera, the tracked
+mesh, the head pose, the average texture) is well formed and consistent with the others, and some
+photo has them all. Files absent from some frames are gaps, as real captures have (a camera that missed
+frames, a frame without a tracked mesh or texture): they are reported and counted, and preprocessing and
+training leave those frames or views out. A frame whose tracked mesh is a `.bin` alone is complete (its
+faces and UVs are those of the other frames' OBJs).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ MISSING, MALFORMED, MISMATCH = "missing", "malformed", "mismatch"
 KINDS = (MISSING, MALFORMED, MISMATCH)
 
 FrameKey = tuple[str, str]  # (sequence, frame)
+# Categories whose missing files are gaps of the capture (those frames or views are left out)
+GAP_CATEGORIES = ("images", "meshes", "transforms", "textures")
 
 
 @dataclass
@@ -103,7 +109,26 @@ class CheckReport:
 
     @property
     def usable(self) -> bool:
-        return not any(c.problems for c in self.categories.values() if c.required)
+        """No required file malformed or inconsistent, and some photo with every file it needs."""
+        return not self._blocking() and any(any(s.images.values()) for s in self.sequences.values())
+
+    def _blocking(self) -> list[str]:
+        """Titles of the required categories with problems other than gaps (see GAP_CATEGORIES)."""
+        return [
+            c.title
+            for key, c in self.categories.items()
+            if c.required and any(p.kind != MISSING or key not in GAP_CATEGORIES for p in c.problems)
+        ]
+
+    def gaps(self) -> str:
+        """One line counting the files missing from listed frames, '' when none."""
+        counts = [
+            f"{c.count(MISSING)} {c.title}" for key, c in self.categories.items() if key in GAP_CATEGORIES
+        ]
+        counts = [text for text in counts if not text.startswith("0 ")]
+        if not counts:
+            return ""
+        return f"gaps: missing {', '.join(counts)}; preprocess and train leave those frames or views out"
 
     def summary(self, max_lines: int = 20) -> str:
         """A readable report: counts per category, frames per sequence, then up to `max_lines`
@@ -134,8 +159,10 @@ class CheckReport:
                 lines.append(f"  {self._where(problem)}: {problem.kind}{reason}")
             if len(category.problems) > max_lines:
                 lines.append(f"  ... and {len(category.problems) - max_lines} more")
+        if self.gaps():
+            lines += ["", self.gaps()]
         if not self.usable:
-            failed = ", ".join(c.title for c in self.categories.values() if c.required and c.problems)
+            failed = ", ".join(self._blocking()) or "images (no photo has every file it needs)"
             lines += ["", f"not usable: problems in {failed}"]
         return "\n".join(lines)
 
@@ -283,6 +310,9 @@ class _Checker:
                     path = self.layout.mvs_depth(sequence, name, frame)
                     if (size := self.expect("mvs_depth", path, _depth_size)) is not None:
                         depth_sizes[name].append((path, size, None))
+        if not topologies and not self.categories["meshes"].problems:
+            reason = "no listed frame has an OBJ (the faces and UVs of the .bin meshes are read from one)"
+            self.problem("meshes", self.layout.tracked_mesh_dir, MISMATCH, reason)
         self.flag_outliers(
             "meshes",
             topologies,
@@ -312,10 +342,13 @@ class _Checker:
         key = (sequence, frame)
         self.expect("transforms", self.layout.transform(sequence, frame), read_transform, key)
         path = self.layout.mesh_obj(sequence, frame)
+        bin_path = self.layout.mesh_bin(sequence, frame)
+        if not path.exists() and bin_path.exists():  # vertices only: faces and UVs from another OBJ
+            self.expect("bins", bin_path, read_bin, key)
+            return []
         mesh = self.expect("meshes", path, read_obj, key)
         if mesh is None:
             return []
-        bin_path = self.layout.mesh_bin(sequence, frame)
         if bin_path.exists():
             self.expect("bins", bin_path, functools.partial(read_bin, num_verts=len(mesh.verts)))
         indices = hash((mesh.faces.tobytes(), mesh.face_uvs.tobytes()))

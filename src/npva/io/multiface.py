@@ -621,7 +621,10 @@ def _openexr(path: Path):
     try:
         import OpenEXR
     except ImportError:
-        raise NpvaError(f"{path}: EXR depth needs the OpenEXR package (pip install OpenEXR)") from None
+        raise NpvaError(
+            f"{path}: EXR depth needs the OpenEXR package, which is not installed: "
+            "pip install OpenEXR (or npva[exr])"
+        ) from None
     return OpenEXR
 
 

@@ -39,6 +39,7 @@ from npva.io.multiface import (
     read_obj,
     read_transform,
 )
+from npva.io.splits import split_frames
 from npva.io.subject import SubjectLayout
 from npva.preprocess import gendir as gd
 from npva.preprocess.uvlayout import MouthStretch, PositionMapSampler, grid_faces
@@ -48,17 +49,22 @@ Frame = tuple[str, str]  # (sequence, frame id)
 # Temporary files of unfinished writes older than this are left by killed runs (shards running beside
 # this one keep theirs fresh) and are removed.
 STALE_TEMPORARY_S = 3600.0
+DEPTH_MODES = ("auto", "import", "mesh", "none")
 
 
 @dataclass
 class Summary:
     """What a run made, skipped and failed (each failure with its reason; `failed_frames`: the frames
-    whose position map could not be made)."""
+    whose position map could not be made). `gaps` counts what the capture lacks, by kind (views
+    without a photo, frames without a tracked mesh, views without an MVS depth file): those are left
+    out, or get an unknown depth, and are not failures. `notes`: one line each, e.g. the depth used."""
 
     made: int = 0
     skipped: int = 0
     failed: list[str] = field(default_factory=list)
     failed_frames: list[Frame] = field(default_factory=list)
+    gaps: Counter[str] = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
     finalized: str = ""
     seconds: float = 0.0
 
@@ -67,12 +73,17 @@ class Summary:
         self.skipped += other.skipped
         self.failed.extend(other.failed)
         self.failed_frames.extend(other.failed_frames)
+        self.gaps.update(other.gaps)
 
     def __str__(self) -> str:
         lines = [
             f"preprocess: {self.made} outputs made, {self.skipped} skipped (already done), "
             f"{len(self.failed)} failed, {self.seconds:.1f} s"
         ]
+        lines += [f"  {note}" for note in self.notes]
+        if self.gaps:
+            counts = ", ".join(f"{count} {kind}" for kind, count in sorted(self.gaps.items()))
+            lines.append(f"  missing in the capture (left out, not failures): {counts}")
         lines += [f"  failed: {reason}" for reason in self.failed[:50]]
         if len(self.failed) > 50:
             lines.append(f"  ... and {len(self.failed) - 50} more")
@@ -151,9 +162,31 @@ def load_world_verts(layout: SubjectLayout, seq: str, frame: str, num_verts: int
     return verts
 
 
+def depth_folder(subject: Path, config: PreprocessConfig) -> Path:
+    """Where imported depth lives: config.depth_dir, default SUBJECT/mvs_depth."""
+    return Path(config.depth_dir) if config.depth_dir else SubjectLayout(subject).mvs_depth_dir
+
+
+def resolve_depth(subject: Path, config: PreprocessConfig) -> tuple[PreprocessConfig, str]:
+    """`config` with depth "auto" decided ("import" when the MVS depth folder exists, else "mesh"),
+    and one line saying which depth is used. An "import" folder that does not exist is an error."""
+    if config.depth not in DEPTH_MODES:
+        raise NpvaError(f"depth must be one of {', '.join(DEPTH_MODES)}, got {config.depth!r}")
+    folder = depth_folder(subject, config)
+    if config.depth == "auto":
+        config = dataclasses.replace(config, depth="import" if folder.is_dir() else "mesh")
+    if config.depth == "import":
+        if not folder.is_dir():
+            raise MissingFileError(folder, "MVS depth folder (--depth import DIR)")
+        return config, f"depth: imported from {folder} (x{config.depth_scale:g} to mm)"
+    if config.depth == "mesh":
+        return config, f"depth: the tracked mesh rendered (no MVS depth folder {folder})"
+    return config, "depth: none"
+
+
 def _imported_depth(ctx: Context, seq: str, cam: str, frame: str, shape: tuple[int, int]):
     """Imported MVS depth in mm resized (nearest) to `shape`, or None when no file exists."""
-    root = Path(ctx.config.depth_dir) if ctx.config.depth_dir else ctx.subject / "mvs_depth"
+    root = depth_folder(ctx.subject, ctx.config)
     for suffix in (".exr", ".npz"):
         path = root / seq / cam / f"{frame}{suffix}"
         if path.is_file():
@@ -170,6 +203,10 @@ def process_frame(ctx: Context, seq: str, frame: str) -> Summary:
     summary = Summary()
     layout, out = SubjectLayout(ctx.subject), gd.GenDir(ctx.gendir)
     size = ctx.config.uv_size
+    if not (layout.mesh_bin(seq, frame).is_file() or layout.mesh_obj(seq, frame).is_file()):
+        summary.gaps["frames without a tracked mesh"] += 1
+        summary.failed_frames.append((seq, frame))
+        return summary
     try:
         world = load_world_verts(layout, seq, frame, ctx.num_verts)
         if gd.posmap_ok(out.posmap(seq, frame), size):
@@ -199,7 +236,8 @@ def _process_view(ctx, layout, out, verts, seq, cam, frame, camera) -> Summary:
     summary = Summary()
     image = layout.image(seq, cam, frame)
     if not image.is_file():
-        raise MissingFileError(image, "image")
+        summary.gaps["views without a photo"] += 1
+        return summary
     size = read_image_size(image)
     expected = ctx.photo_sizes.get(cam, size)
     if size != expected:  # training needs one image size: this view gets no mask and is left out
@@ -226,8 +264,8 @@ def _process_view(ctx, layout, out, verts, seq, cam, frame, camera) -> Summary:
         else:
             depth = _imported_depth(ctx, seq, cam, frame, shape)
             if depth is None:
-                summary.failed.append(f"{seq} {frame} camera {cam}: no MVS depth file")
-                return summary
+                summary.gaps["views without an MVS depth file (depth unknown)"] += 1
+                depth = np.zeros(shape, np.float32)
         gd.write_depth_npz(depth_path, depth)
         summary.made += 1
     return summary
@@ -268,11 +306,11 @@ def _run_frames(ctx: Context, frames: list[Frame], workers: int, progress: bool)
     return summary
 
 
-def _stats_frames(subject: Path, config: PreprocessConfig, frames: list[Frame]) -> list[Frame]:
+def _stats_frames(subject: Path, config: PreprocessConfig) -> list[Frame]:
+    """config.stats_list, else the training frames of the subject's split (npva.io.splits)."""
     if config.stats_list:
         return read_frame_list(Path(config.stats_list))
-    train = SubjectLayout(subject).split_list("train")
-    return read_frame_list(train) if train.is_file() else frames
+    return split_frames(subject, "train")
 
 
 def _good_stats_frames(
@@ -287,7 +325,7 @@ def _good_stats_frames(
     present = [f for f in candidates if gd.posmap_ok(out.posmap(*f), size)]
     notes = [
         f"{len(group)} statistics frames left out ({reason}), e.g. {' '.join(group[0])}"
-        for group, reason in ((unlisted, "not in the frame list"), (sorted(bad), "failed above"))
+        for group, reason in ((unlisted, "not in the frame list"), (sorted(bad), "no position map"))
         if group
     ]
     return present, notes, len(candidates) - len(present)
@@ -328,6 +366,17 @@ def finalize(ctx: Context, stats_frames: list[Frame], frames: list[Frame], faile
     return "; ".join([done, *notes])
 
 
+def template_mesh(layout: SubjectLayout, frames: list[Frame]) -> Path:
+    """The first OBJ of the frame list: tracked meshes share one topology and UVs, which .bin meshes
+    (vertices only) lack."""
+    for seq, frame in frames:
+        if layout.mesh_obj(seq, frame).is_file():
+            return layout.mesh_obj(seq, frame)
+    raise MissingFileError(
+        layout.tracked_mesh_dir, "tracked mesh OBJ of any listed frame (the faces and UVs are read from one)"
+    )
+
+
 def _count_outputs(out: gd.GenDir) -> dict[str, int]:
     """Files present under each output folder (all shards together)."""
     folders = {"posmaps": "posMap", "masks": "rast_mask", "depths": "depths"}
@@ -355,9 +404,8 @@ def preprocess_subject(
     progress: bool = True,
 ) -> Summary:
     """Run (or resume) this shard's part of preprocessing; finalize when everything is present."""
-    if config.depth not in ("import", "mesh", "none"):
-        raise NpvaError(f"depth must be import, mesh or none, got {config.depth!r}")
     start = time.perf_counter()
+    config, depth_note = resolve_depth(subject, config)
     layout = SubjectLayout(subject)
     out = gd.GenDir(gendir or subject / "gendir")
     settings = dataclasses.asdict(config)
@@ -367,7 +415,7 @@ def preprocess_subject(
     frames = read_frame_list(layout.frame_list)
     if not frames:
         raise FormatError(layout.frame_list, "no frames listed")
-    template = read_obj(layout.mesh_obj(*frames[0]))
+    template = read_obj(template_mesh(layout, frames))
     ctx = Context(
         subject=subject,
         gendir=out.root,
@@ -379,7 +427,8 @@ def preprocess_subject(
     )
     index, count = shard
     summary = _run_frames(ctx, frames[index::count], workers, progress)
-    stats_frames = _stats_frames(subject, config, frames)
+    summary.notes.append(depth_note)
+    stats_frames = _stats_frames(subject, config)
     summary.finalized = finalize(ctx, stats_frames, frames, summary.failed_frames)
     gd.write_json(
         out.manifest,

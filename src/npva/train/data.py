@@ -32,7 +32,6 @@ from npva.errors import FormatError, MissingFileError, NpvaError
 from npva.fileio import atomic_open
 from npva.geometry.camera import Camera
 from npva.io.multiface import (
-    read_camera_split,
     read_frame_list,
     read_image,
     read_image_size,
@@ -42,6 +41,7 @@ from npva.io.multiface import (
     resize_image,
     write_image,
 )
+from npva.io.splits import split_cameras, split_frames
 from npva.io.subject import SubjectLayout
 from npva.preprocess.gendir import GenDir, read_depth_npz, read_manifest, read_mask, read_posmap
 from npva.preprocess.run import load_world_verts
@@ -106,32 +106,39 @@ def training_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def select_samples(subject: Path, config: DataConfig) -> tuple[list[tuple[str, str]], list[str]]:
-    """The frames and cameras that `config` names for a subject.
+def read_frames(subject: Path, frames: str) -> list[tuple[str, str]]:
+    """The (seq, frame) pairs that `frames` names: "all" (frame_list.txt), a "<seq> <frame>" list file
+    (an existing file, or a name with a folder or ending in .txt) or a split name ("train", "test":
+    the subject's splits/, else its default split protocol, see npva.io.splits)."""
+    path = Path(frames)
+    if frames == "all":
+        return read_frame_list(SubjectLayout(subject).frame_list)
+    if path.is_file() or "/" in frames or os.sep in frames or path.suffix == ".txt":
+        return read_frame_list(path)
+    return split_frames(subject, frames)
 
-    Frames: config.frames is "all" (frame_list.txt), a split name (splits/<name>_list.txt) or a list
-    file's path. Cameras: config.cameras, else every KRT camera in file order; with config.camera_split
-    only those among the training cameras of splits/camera_split.json.
-    """
+
+def select_cameras(subject: Path, cameras: Sequence[str], camera_split: bool = False) -> list[str]:
+    """`cameras` (every KRT camera in file order when empty), checked against the KRT; with
+    `camera_split` only those among the training cameras of the subject's split."""
     layout = SubjectLayout(subject)
-    if config.frames == "all":
-        frame_list = layout.frame_list
-    elif "/" in config.frames or os.sep in config.frames or config.frames.endswith(".txt"):
-        frame_list = Path(config.frames)
-    else:
-        frame_list = layout.split_list(config.frames)
-    frames = read_frame_list(frame_list)
     known = list(read_krt(layout.krt))
-    cameras = list(config.cameras) or known
-    unknown = [name for name in cameras if name not in known]
+    chosen = list(cameras) or known
+    unknown = [name for name in chosen if name not in known]
     if unknown:
         raise NpvaError(f"{layout.krt}: no camera named {', '.join(unknown)} (known: {', '.join(known)})")
-    if config.camera_split:
-        train = set(read_camera_split(layout.camera_split)["train"])
-        cameras = [name for name in cameras if name in train]
-        if not cameras:
+    if camera_split:
+        train = set(split_cameras(subject, "train"))
+        chosen = [name for name in chosen if name in train]
+        if not chosen:
             raise NpvaError(f"{layout.camera_split}: none of the chosen cameras is a training camera")
-    return frames, cameras
+    return chosen
+
+
+def select_samples(subject: Path, config: DataConfig) -> tuple[list[tuple[str, str]], list[str]]:
+    """The frames (config.frames, see read_frames) and cameras (config.cameras and
+    config.camera_split, see select_cameras) that `config` names for a subject."""
+    return read_frames(subject, config.frames), select_cameras(subject, config.cameras, config.camera_split)
 
 
 class _DirectoryListing:

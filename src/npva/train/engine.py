@@ -14,7 +14,8 @@ number of processes) (distributed.StepOrder). A resumed run continues exactly wh
 left off; the global generator states are saved and restored as well, for anything that draws from them.
 
 A run directory holds config.yaml (the settings), checkpoints/step_<n>.pt (the newest
-train.keep_checkpoints of them), tensorboard/ (scalars and validation images), train.lock while a
+train.keep_checkpoints of them), tensorboard/ (scalars and validation images), split/ (the frames and
+cameras trained on, the held-out ones and the split protocol, npva.io.splits), train.lock while a
 training writes it and, once the run ends, summary.json. Running again with the same directory resumes
 from its newest good checkpoint (checkpoint.py says what happens to damaged ones).
 """
@@ -42,6 +43,7 @@ from npva import __version__
 from npva.config import ExperimentConfig, save_config, to_dict
 from npva.errors import MissingFileError, NonFiniteError, NpvaError
 from npva.fileio import atomic_open, remove_temporaries
+from npva.io.splits import subject_split
 from npva.model.points import point_texel_mask, upsample_coarse_map
 from npva.model.render import RenderOutput
 from npva.preprocess.gendir import GenDir, read_manifest
@@ -64,6 +66,7 @@ from npva.train.distributed import (
 from npva.train.gep import PHASES, GEPSampler
 from npva.train.losses import LossTerms, colour_error, compute_losses
 from npva.train.perceptual import make_perceptual_loss
+from npva.train.presets import presets_of_size
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,7 @@ RUN_CONFIG = "config.yaml"
 LOCK = "train.lock"
 SUMMARY = "summary.json"
 TENSORBOARD = "tensorboard"
+RUN_SPLIT = "split"  # the split trained with: npva.io.splits files
 LOG_KEYS = (
     "loss",
     "psnr",
@@ -281,6 +285,7 @@ class Trainer:
         torch.backends.cudnn.benchmark = self.device.type == "cuda" and not tc.deterministic
 
         frames, cameras = select_samples(subject, config.data)
+        self.frames = frames
         self.dataset = AvatarDataset(
             subject,
             self.gendir,
@@ -337,11 +342,20 @@ class Trainer:
 
     # ---- the run ----------------------------------------------------------------------------------
 
+    def _record_split(self) -> None:
+        """Write RUN_DIR/split/: the frames and cameras trained on, the held-out ones of the subject's
+        split, and its protocol; say which protocol it is."""
+        split = subject_split(self.subject)
+        used = dataclasses.replace(split, train=self.frames, train_cameras=self.cameras)
+        used.write(self.run_dir / RUN_SPLIT)
+        log.info("%s (written to %s)", used.describe(), self.run_dir / RUN_SPLIT)
+
     def run(self) -> TrainResult:
         tc = self.config.train
         started = time.perf_counter()
         if self.ctx.is_main:
             save_config(self.config, self.run_dir / RUN_CONFIG)
+            self._record_split()
         stop = self.total_steps if tc.stop_after is None else min(self.total_steps, tc.stop_after)
         if self.resumed_from is None and tc.val_every > 0:
             self._validate()
@@ -738,9 +752,12 @@ def check_preprocessed(subject: Path, gendir: Path, config: ExperimentConfig) ->
         )
     made = manifest.get("settings", {}).get("uv_size")
     if made != uv:
+        fitting = presets_of_size(uv)
+        option = f"--preset {fitting[0]}" if fitting else f"--uv-size {uv}"
         raise NpvaError(
-            f"{gendir} was preprocessed with --uv-size {made} but model.posmap_size is {uv}: preprocess "
-            f"again with --uv-size {uv} (into another --gendir), or choose a model of that size"
+            f"{gendir} was preprocessed with --uv-size {made} but model.posmap_size is {uv}: run "
+            f"npva preprocess {subject} {option} --gendir {subject / f'gendir_{uv}'} and train with "
+            f"--gendir {subject / f'gendir_{uv}'}, or leave out --preset to train the preset {gendir} fits"
         )
 
 

@@ -294,7 +294,9 @@ def st_lpips(backbone: str = "vgg", path: str | Path | None = None) -> Perceptua
     if path is None:
         path = shipped_st_lpips_weights(backbone)
         if path is None:
-            raise NpvaError(f"ST-LPIPS weights not found: pip install {ST_LPIPS_REQUIREMENT}")
+            raise NpvaError(
+                f"ST-LPIPS weights not found: pip install {ST_LPIPS_REQUIREMENT} (or npva[lpips])"
+            )
     if backbone == "vgg":
         layers, taps = _vgg16_layers(shift_tolerant=True)
         min_size = 18

@@ -1,7 +1,7 @@
 """Named training settings: tiny (tests), demo (the synthetic demo subject on a CPU), full (published).
 
 Each preset is the published configuration (the dataclass defaults) with the overrides below. Sizes
-scale together: UV side S = posmap_size (preprocess with --uv-size S), point map P (one neural point per
+scale together: UV side S = posmap_size (preprocess with --preset NAME), point map P (one neural point per
 texel, P x P), latent L; every channel list has log2(side / latent side) entries (ModelConfig validation
 tells which). The neighbour radius grows with the point spacing (at P = 1024 neighbouring points lie about
 0.3 mm apart on the synthetic head, at P = 64 about 3 mm) and the pixel offsets of the sampling probes
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from npva.config import ExperimentConfig, apply_overrides, load_config, merge_settings
+from npva.preprocess.gendir import GenDir, read_manifest
 
 # One frame per step on one process for a few hundred steps: BatchNorm would normalize each frame by its
 # own statistics, and a posterior starting at std 1 beside mu = 0.1 mu_raw makes z mostly noise, so the
@@ -121,6 +122,19 @@ def preset_config(name: str) -> ExperimentConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown training preset {name!r}; choose one of {', '.join(PRESETS)}")
     return merge_settings(ExperimentConfig(), PRESETS[name])
+
+
+def presets_of_size(posmap_size: int) -> list[str]:
+    """The presets whose position maps are `posmap_size` texels on a side."""
+    return [name for name in PRESETS if preset_config(name).model.posmap_size == posmap_size]
+
+
+def preprocessed_preset(gendir: Path) -> str:
+    """The preset a preprocessing output was made for (the one of its position map size), else full."""
+    manifest = read_manifest(GenDir(gendir))
+    uv_size = (manifest or {}).get("settings", {}).get("uv_size")
+    fitting = presets_of_size(uv_size) if isinstance(uv_size, int) else []
+    return fitting[0] if fitting else "full"
 
 
 def build_config(
