@@ -42,7 +42,14 @@ from npva.io.multiface import (
 from npva.io.splits import split_frames
 from npva.io.subject import SubjectLayout
 from npva.preprocess import gendir as gd
-from npva.preprocess.uvlayout import MouthStretch, PositionMapSampler, grid_faces
+from npva.preprocess.uvlayout import (
+    FaceAxes,
+    MouthStretch,
+    PositionMapSampler,
+    check_mouth,
+    face_axes,
+    grid_faces,
+)
 from npva.processes import exit_with_parent
 
 Frame = tuple[str, str]  # (sequence, frame id)
@@ -356,7 +363,14 @@ def finalize(ctx: Context, stats_frames: list[Frame], frames: list[Frame], faile
         if mouth.shape != coverage.shape:
             raise FormatError(ctx.config.mouth_mask, f"expected a {size}x{size} mask")
     else:
-        mouth = stretch.mask(ctx.config.mouth_stretch, ctx.config.mouth_dilate)
+        poses = [
+            read_transform(SubjectLayout(ctx.subject).transform(*f))
+            for f in stats_frames[:: max(1, len(stats_frames) // 32)]
+        ]
+        axes = face_axes(ctx.cameras.values(), poses)
+        mouth, problem = derive_mouth(stretch, mean, coverage, axes, ctx.config)
+        if problem is not None:
+            notes.insert(0, problem)
     gd.write_stats(out, mean, variance)
     gd.write_uv_layout(out, coverage, grid_faces(coverage), mouth)
     done = (
@@ -364,6 +378,26 @@ def finalize(ctx: Context, stats_frames: list[Frame], frames: list[Frame], faile
         f"{int(coverage.sum())} covered texels, {int(mouth.sum())} mouth texels"
     )
     return "; ".join([done, *notes])
+
+
+def derive_mouth(
+    stretch: MouthStretch, mean: np.ndarray, coverage: np.ndarray, axes: FaceAxes, config: PreprocessConfig
+) -> tuple[np.ndarray, str | None]:
+    """The mouth texels (S, S): the largest stretched region that sits where a mouth does (check_mouth),
+    and None; when no region does, the largest one and a warning that says why it failed."""
+    candidates = stretch.candidates(config.mouth_stretch, config.mouth_dilate)
+    problems = []
+    for region in candidates:
+        problem = check_mouth(region, mean, coverage, axes)
+        if problem is None:
+            return region, None
+        problems.append(problem)
+    if not candidates:
+        return np.zeros_like(coverage), "warning: no texel stretches like a mouth; give --mouth-mask PNG"
+    return candidates[0], (
+        f"warning: the derived mouth mask is not between the lips below the nose ({problems[0]}); "
+        "check mouth_mask.png and give --mouth-mask PNG"
+    )
 
 
 def template_mesh(layout: SubjectLayout, frames: list[Frame]) -> Path:
