@@ -362,3 +362,31 @@ def test_without_batchnorm_each_frame_is_encoded_and_decoded_on_its_own(batchnor
     assert same != batchnorm
     has_norm = any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
     assert has_norm == batchnorm
+
+
+def test_folded_batchnorm_computes_what_the_network_did_in_evaluation():
+    cfg = tiny_config(batchnorm=True, texture_features=True)
+    torch.manual_seed(0)
+    network = AvatarNetwork(cfg)
+    texture, posmap = tiny_inputs(cfg, batch=2)
+    for _ in range(3):  # running statistics and affine parameters away from their initial values
+        network(texture * 2 + 0.3, posmap * 3 - 1)
+    for norm in (m for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        torch.nn.init.uniform_(norm.weight, 0.5, 2.0)
+        torch.nn.init.normal_(norm.bias)
+    network.eval()
+    with pytest.raises(RuntimeError, match="evaluation"):
+        AvatarNetwork(cfg).fold_batchnorm()  # a new network is in training mode
+    with torch.no_grad():
+        before = network(texture, posmap)
+        norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
+        assert network.fold_batchnorm() == norms > 0
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
+        after = network(texture, posmap)
+    for name in ("coarse_offset", "displacement", "features"):
+        torch.testing.assert_close(
+            getattr(after.maps, name), getattr(before.maps, name), atol=1e-5, rtol=1e-4
+        )
+    torch.testing.assert_close(after.mu, before.mu, atol=1e-6, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="folded"):
+        network.train()

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from npva.config import ModelConfig
 from npva.errors import ConfigError
@@ -362,6 +363,7 @@ class AvatarNetwork(nn.Module):
         self.coarse_decoder = CoarseDecoder(cfg)
         self.displacement_decoder = DisplacementDecoder(cfg)
         self.feature_decoder = FeatureDecoder(cfg)
+        self.batchnorm_folded = False
 
     def encode(
         self, texture: torch.Tensor, posmap_normalized: torch.Tensor
@@ -388,6 +390,41 @@ class AvatarNetwork(nn.Module):
             displacement=self.displacement_decoder(z),
             features=features,
         )
+
+    @torch.no_grad()
+    def fold_batchnorm(self) -> int:
+        """Fold every BatchNorm layer into the convolution before it, for inference: in evaluation mode
+        a BatchNorm is a per-channel affine map, so the network then computes what it did with one
+        launch less per layer. It can no longer be trained (train() raises). Returns the layers folded."""
+        if self.training:
+            raise RuntimeError("fold BatchNorm in evaluation mode only (call eval() first)")
+        folded = 0
+        for module in self.modules():
+            if isinstance(module, nn.Sequential):
+                layers = list(module)
+                for i, (conv, norm) in enumerate(zip(layers, layers[1:], strict=False)):
+                    if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                        module[i] = fuse_conv_bn_eval(conv, norm)
+                        module[i + 1] = nn.Identity()
+                        folded += 1
+            elif isinstance(module, UpBlock) and isinstance(module.norm, nn.BatchNorm2d):
+                # norm(conv(x) + B) = a conv(x) + (a B + b), a = gamma / sqrt(var + eps), b = beta - a mean
+                norm = module.norm
+                scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+                shift = norm.bias - scale * norm.running_mean
+                module.conv.weight.mul_(scale[:, None, None, None])
+                module.untied_bias.bias.copy_(
+                    scale[:, None, None] * module.untied_bias.bias + shift[:, None, None]
+                )
+                module.norm = nn.Identity()
+                folded += 1
+        self.batchnorm_folded = True
+        return folded
+
+    def train(self, mode: bool = True) -> AvatarNetwork:
+        if mode and self.batchnorm_folded:
+            raise RuntimeError("this network's BatchNorm layers were folded for inference: it cannot train")
+        return super().train(mode)
 
     def forward(
         self,
