@@ -65,8 +65,9 @@ def open_checkpoint(
     gendir: Path | None = None,
     device: str | torch.device = "cpu",
 ) -> EvalContext:
-    """Load the avatar of a checkpoint file or run directory; subject and gendir default to the ones
-    the checkpoint was trained on (gendir: SUBJECT/gendir when only the subject is given)."""
+    """Load the avatar of a checkpoint file or run directory for inference (evaluation mode, BatchNorm
+    folded into its convolutions); subject and gendir default to the ones the checkpoint was trained on
+    (gendir: SUBJECT/gendir when only the subject is given)."""
     path = resolve_checkpoint(path)
     state = load_checkpoint(path)
     if subject is None:
@@ -81,6 +82,7 @@ def open_checkpoint(
         raise MissingFileError(subject, "subject directory (give --subject)")
     device = torch.device(device)
     avatar, config = load_avatar(path, device)
+    avatar.network.fold_batchnorm()  # evaluation only: one launch less per BatchNorm layer
     return EvalContext(avatar, config, path, int(state["step"]), subject, gendir, device)
 
 
