@@ -130,9 +130,8 @@ def table(subjects: list[SubjectScores]) -> str:
                 low = min(scored, key=lambda s: s.margin(protocol, region))
                 worst = f"{low.margin(protocol, region):>+8.2f} ({low.seed})"
             mean_margin = statistics.mean(s.margin(protocol, region) for s in subjects)
-            lines.append(
-                f"{protocol:10} {region:7} {cells[0]:>18} {cells[1]:>18} {mean_margin:>+10.2f} {worst}"
-            )
+            margin = f"{'n/a':>10}" if math.isnan(mean_margin) else f"{mean_margin:>+10.2f}"
+            lines.append(f"{protocol:10} {region:7} {cells[0]:>18} {cells[1]:>18} {margin} {worst}")
     return "\n".join(lines)
 
 
