@@ -25,7 +25,7 @@ from npva.io.subject import SubjectLayout
 from npva.model.render import UVTemplate
 from npva.train import build_config, load_avatar, preset_config, train
 from npva.train import checkpoint as ckpt
-from npva.train.avatar import Avatar, CameraBackground
+from npva.train.avatar import Avatar, CameraBackground, CameraColour, calibrated
 from npva.train.data import AvatarDataset
 from npva.train.distributed import StepOrder
 from npva.train.engine import compared_colours
@@ -357,3 +357,44 @@ def test_a_few_bf16_steps_on_cuda(tiny_subject, gendir, tmp_path):
     result = train(tiny_subject, tmp_path / "run", config, gendir=gendir)
     assert result.finished and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.log)
     assert result.validation[-1].psnr_image > result.validation[0].psnr_image
+
+
+# ---- colour calibration per camera ---------------------------------------------------------------
+
+
+def test_camera_colour_learns_each_cameras_gain_relative_to_the_average_camera():
+    calibration = CameraColour(["dim", "bright"])
+    gain, bias = calibration("dim")
+    assert torch.equal(gain, torch.ones(3)) and torch.equal(bias, torch.zeros(3))  # starts neutral
+    colour = torch.rand(64, 3, generator=torch.Generator().manual_seed(0))
+    opacity = torch.ones(64)
+    optimizer = torch.optim.Adam(calibration.parameters(), lr=0.05)
+    for _ in range(300):  # camera "bright" sees the avatar 1.25 / 0.8 times as bright as camera "dim"
+        optimizer.zero_grad()
+        loss = sum(
+            ((calibrated(colour, opacity, None, *calibration(name)) - factor * colour) ** 2).mean()
+            for name, factor in (("dim", 0.8), ("bright", 1.25))
+        )
+        loss.backward()
+        optimizer.step()
+    (dim, dim_bias), (bright, _) = calibration("dim"), calibration("bright")
+    torch.testing.assert_close(bright / dim, torch.full((3,), 1.25 / 0.8), atol=0.02, rtol=0)
+    torch.testing.assert_close(dim * bright, torch.ones(3), atol=1e-5, rtol=0)  # normalized: mean log 0
+    assert dim_bias.abs().max() < 0.02
+    gain, bias = calibration("unseen")
+    assert torch.equal(gain, torch.ones(3)) and torch.equal(bias, torch.zeros(3))
+    # Rays that reach no point keep the camera's background whatever the calibration.
+    background = torch.tensor([0.1, 0.5, 0.9])
+    empty = calibrated(background.expand(5, 3), torch.zeros(5), background, bright, dim_bias)
+    torch.testing.assert_close(empty, background.expand(5, 3))
+
+
+def test_camera_colour_trains_and_is_restored_from_the_checkpoint(tiny_subject, gendir, tmp_path):
+    config = build_config(
+        "tiny", overrides=["train.camera_colour=true", "train.epochs=1", "train.val_every=0"]
+    )
+    result = train(tiny_subject, tmp_path / "run", config, gendir=gendir)
+    avatar, saved = load_avatar(result.checkpoint)
+    assert saved.train.camera_colour and avatar.camera_colour is not None
+    assert avatar.camera_colour.log_gains.abs().max() > 0  # the calibrations moved from the start
+    assert avatar.camera_colour.camera_names == avatar.background.camera_names

@@ -78,12 +78,66 @@ class CameraBackground(nn.Module):
             )
 
 
+class CameraColour(nn.Module):
+    """A learned colour calibration per camera: the avatar's colour as camera c sees it is
+    gain_c * colour + bias_c (per RGB channel), as the colour calibration of Multiface's own models.
+
+    Real rigs differ slightly in colour response from camera to camera; without this the decoder's view
+    dependence learns each training camera's response, which then does not carry over to other views.
+    The calibrations are normalized to the cameras' average (gain_c = exp(a_c - mean a), bias_c = b_c -
+    mean b), so that the average camera sees the avatar itself and a camera not trained on gets that
+    neutral calibration (gain 1, bias 0). The parameters start there.
+    """
+
+    def __init__(self, camera_names: Sequence[str]):
+        super().__init__()
+        if not camera_names:
+            raise ValueError("a colour calibration per camera needs at least one camera")
+        self.camera_names = [str(name) for name in camera_names]
+        self.log_gains = nn.Parameter(torch.zeros(len(self.camera_names), 3))
+        self.biases = nn.Parameter(torch.zeros(len(self.camera_names), 3))
+        self._row = {name: i for i, name in enumerate(self.camera_names)}
+
+    def forward(self, camera_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gain (3,), bias (3,)) of `camera_name`; (1, 0) for a camera not trained on."""
+        row = self._row.get(str(camera_name))
+        if row is None:
+            return torch.ones_like(self.biases[0]), torch.zeros_like(self.biases[0])
+        gain = torch.exp(self.log_gains[row] - self.log_gains.mean(0))
+        return gain, self.biases[row] - self.biases.mean(0)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"camera_names": list(self.camera_names)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if list(state["camera_names"]) != self.camera_names:
+            raise ValueError(
+                f"colour calibrations were learned for cameras {state['camera_names']}, "
+                f"this avatar has {self.camera_names}"
+            )
+
+
+def calibrated(
+    colour: torch.Tensor,
+    opacity: torch.Tensor,
+    background: torch.Tensor | None,
+    gain: torch.Tensor,
+    bias: torch.Tensor,
+) -> torch.Tensor:
+    """Ray colours (R, 3) = foreground + (1 - opacity) background with the foreground, what the avatar
+    itself contributes, seen through a camera's calibration: gain * foreground + opacity * bias. The
+    background (3,) or None (black) is the camera's own learned colour and is left as it is."""
+    behind = 0.0 if background is None else (1.0 - opacity)[:, None] * background
+    return gain * (colour - behind) + opacity[:, None] * bias + behind
+
+
 class Avatar(nn.Module):
     """AvatarNetwork + radiance decoder + background model + the subject's UV template.
 
     template: the mean position map (3, S, S), std, coverage (S, S) and UV grid mesh; mouth: (S, S)
     bool texels excluded from the mesh loss. background: one of BACKGROUNDS; camera_names: the
-    cameras with a learned colour ("learned" only), initial colours (N, 3) optional.
+    training cameras, which get a learned background colour ("learned" only; initial colours (N, 3)
+    optional) and, with camera_colour, a learned colour calibration (CameraColour).
     """
 
     def __init__(
@@ -95,6 +149,7 @@ class Avatar(nn.Module):
         background: str = "learned",
         camera_names: Sequence[str] = (),
         initial_background: torch.Tensor | None = None,
+        camera_colour: bool = False,
     ):
         super().__init__()
         if background not in BACKGROUNDS:
@@ -128,6 +183,7 @@ class Avatar(nn.Module):
         self.background = (
             CameraBackground(camera_names, initial_background) if background == "learned" else None
         )
+        self.camera_colour = CameraColour(camera_names) if camera_colour else None
         self.register_buffer("mean_map", template.mean_map.detach().float().clone())
         self.register_buffer("pos_std", torch.tensor(float(template.std), dtype=torch.float64))
         self.register_buffer("coverage", template.coverage.detach().bool().clone())
@@ -144,10 +200,13 @@ class Avatar(nn.Module):
         background: str = "learned",
         camera_names: Sequence[str] = (),
         initial_background: torch.Tensor | None = None,
+        camera_colour: bool = False,
     ) -> Avatar:
         """An untrained avatar with the UV template and statistics of a preprocessed subject."""
         template, mouth = read_template(gendir)
-        return cls(model, render, template, mouth, background, camera_names, initial_background)
+        return cls(
+            model, render, template, mouth, background, camera_names, initial_background, camera_colour
+        )
 
     @property
     def template(self) -> UVTemplate:
@@ -199,16 +258,12 @@ class Avatar(nn.Module):
         )
         if pixels is None:
             pixels = all_pixels(sample.camera.height, sample.camera.width, self.mean_map.device)
+        background = self.background_colour(sample.cam)
         rays = render_rays(
-            scene,
-            self.decoder,
-            pixels,
-            cfg,
-            self.training,
-            generator,
-            self.background_colour(sample.cam),
-            self._network_precision,
+            scene, self.decoder, pixels, cfg, self.training, generator, background, self._network_precision
         )
+        if self.camera_colour is not None:
+            rays.colour = calibrated(rays.colour, rays.opacity, background, *self.camera_colour(sample.cam))
         return RenderOutput(pixels=pixels, rays=rays, scene=scene, maps=maps, mu=mu, logstd=logstd)
 
     @torch.no_grad()

@@ -238,6 +238,7 @@ def load_avatar(path: Path, device: str | torch.device = "cpu") -> tuple[Avatar,
             model_state["mouth"],
             background=config.train.background,
             camera_names=state["cameras"],
+            camera_colour=config.train.camera_colour,
         )
         avatar.load_state_dict(model_state)
     return avatar.to(device).eval(), config

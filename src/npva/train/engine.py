@@ -312,7 +312,7 @@ class Trainer:
         learned = tc.background == "learned"
         initial = initial_backgrounds(self.dataset, self.cameras) if learned and found is None else None
         self.avatar = Avatar.from_gendir(
-            self.gendir, config.model, config.render, tc.background, self.cameras, initial
+            self.gendir, config.model, config.render, tc.background, self.cameras, initial, tc.camera_colour
         ).to(self.device)
         if self.device.type == "cuda":
             self.avatar.autocast_dtype = PRECISIONS[tc.precision]
@@ -743,17 +743,17 @@ def check_preprocessed(subject: Path, gendir: Path, config: ExperimentConfig) ->
     if not subject.is_dir():
         raise MissingFileError(subject, "subject directory")
     uv = config.model.posmap_size
+    fitting = presets_of_size(uv)
+    option = f"--preset {fitting[0]}" if fitting else f"--uv-size {uv}"
     manifest = read_manifest(GenDir(gendir))
     if manifest is None:
         raise NpvaError(
             f"{subject} is not preprocessed ({gendir / 'manifest.json'} is missing): run "
-            f"npva preprocess {subject} --uv-size {uv}"
+            f"npva preprocess {subject} {option}"
             + (f" --gendir {gendir}" if gendir != subject / "gendir" else "")
         )
     made = manifest.get("settings", {}).get("uv_size")
     if made != uv:
-        fitting = presets_of_size(uv)
-        option = f"--preset {fitting[0]}" if fitting else f"--uv-size {uv}"
         raise NpvaError(
             f"{gendir} was preprocessed with --uv-size {made} but model.posmap_size is {uv}: run "
             f"npva preprocess {subject} {option} --gendir {subject / f'gendir_{uv}'} and train with "
