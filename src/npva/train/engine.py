@@ -312,7 +312,7 @@ class Trainer:
         learned = tc.background == "learned"
         initial = initial_backgrounds(self.dataset, self.cameras) if learned and found is None else None
         self.avatar = Avatar.from_gendir(
-            self.gendir, config.model, config.render, tc.background, self.cameras, initial
+            self.gendir, config.model, config.render, tc.background, self.cameras, initial, tc.camera_colour
         ).to(self.device)
         if self.device.type == "cuda":
             self.avatar.autocast_dtype = PRECISIONS[tc.precision]
