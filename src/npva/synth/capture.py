@@ -77,8 +77,9 @@ class _GridSurface:
 
 
 class SyntheticCapture:
-    """The subject of one seed (shape, colours, hair, performance timing) as one preset captures it:
-    cameras, coarse and fine grids, and the per-frame geometry and renders."""
+    """The subject of one seed (shape, colours, hair, performance timing) and variant (variant.py) as
+    one preset captures it: cameras, coarse and fine grids, and the per-frame geometry, renders,
+    photos, tracked meshes and average textures."""
 
     def __init__(self, preset: Preset, seed: int, variant: Variant | str = "clean"):
         self.preset, self.seed = preset, seed
