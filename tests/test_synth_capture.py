@@ -223,3 +223,21 @@ def test_cli_writes_the_multiface_layout(tiny_subject, tmp_path, capsys):
     assert read_transform(layout.transform(sequence, frame))[0].shape == (3, 3)
     with pytest.raises(NpvaError, match="unknown synth variant"):
         write_subject(tmp_path / "x", "tiny", 0, variant="studio")
+
+
+def test_unwrap_reads_photos_for_more_texels_than_opencv_maps_hold():
+    """At the demo size the layout has over 32767 texels, more than one OpenCV remap map may hold."""
+    demo = SyntheticCapture(get_preset("demo"), seed=0, variant="capture")
+    texture = demo.texture
+    assert len(texture.rows) > 32767
+    key = capture_frames(get_preset("demo"))[0]
+    mesh = demo.tracker_output(key)
+    grey = np.full((64, 42, 3), 0.25, np.float32)
+    grey[:, 21:] = 0.75  # the right half of the photo is lighter
+    camera = dome_camera("400029", 64, 42)
+    unwrapped = texture.unwrap(torch.from_numpy(mesh.verts), [(grey, camera)])
+    assert unwrapped.shape == (texture.size, texture.size, 3)
+    values = unwrapped[texture.rows, texture.cols, 0]
+    assert (
+        np.isclose(values, 0.25, atol=1e-3).sum() > 1000 and np.isclose(values, 0.75, atol=1e-3).sum() > 1000
+    )

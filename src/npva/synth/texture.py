@@ -114,11 +114,8 @@ class AverageTexture:
         weights = np.zeros(len(self.rows))
         for image, camera in photos:
             weight, pixel = self._photo_weights(mesh_world, texel_world, normals, camera)
-            x, y = (pixel - 0.5).astype(np.float32).T  # remap takes pixel centres at integers
-            colour = cv2.remap(
-                image, x[:, None], y[:, None], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-            )
-            total += weight[:, None] * colour[:, 0]
+            colour = _bilinear(image, pixel - 0.5)  # remap takes pixel centres at integers
+            total += weight[:, None] * colour
             weights += weight
         seen = weights > 0
         texture = np.zeros((self.size, self.size, 3), dtype=np.float32)
@@ -146,3 +143,18 @@ class AverageTexture:
         to_camera = torch.nn.functional.normalize(torch.from_numpy(camera.centre) - texel_world, dim=-1)
         facing = (normals * to_camera).sum(-1).numpy()
         return np.where(visible & (facing > MIN_FACING), facing**2, 0.0), pixel
+
+
+REMAP_COLUMNS = 1024  # OpenCV's remap takes maps of fewer than 32767 rows and columns
+
+
+def _bilinear(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """image (H, W, 3) read bilinearly at points (N, 2) (x, y; pixel centres at integers), edges
+    replicated: (N, 3). The points are laid out in rows of REMAP_COLUMNS for OpenCV's remap."""
+    count = len(points)
+    rows = max(1, -(-count // REMAP_COLUMNS))
+    maps = np.zeros((rows * REMAP_COLUMNS, 2), np.float32)
+    maps[:count] = points
+    maps = maps.reshape(rows, REMAP_COLUMNS, 2)
+    colour = cv2.remap(image, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return colour.reshape(-1, image.shape[-1])[:count]
