@@ -144,6 +144,11 @@ class NeighbourIndex:
         """(N, 3) positions -> (N, 3) long cell coordinates relative to the grid origin."""
         return torch.floor((x - self.origin) / self.cell).long()
 
+    def _query_cell_keys(self, queries: torch.Tensor) -> torch.Tensor:
+        """(Q, 3) float32 queries -> (Q,) long keys of their cells in the padded grid."""
+        padded = self._cell_coords(queries).clamp(-self._pad, None) + self._pad
+        return _linear_key(torch.minimum(padded, self._padded_dims - 1), self._padded_dims)
+
     def query(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """queries (Q, 3) -> idx (Q, k) long (-1 empty), dist (Q, k) float32 (+inf empty).
 
@@ -158,9 +163,7 @@ class NeighbourIndex:
         if num_q == 0 or self.num_points == 0:
             return idx, dist
 
-        padded = self._cell_coords(queries).clamp(-self._pad, None) + self._pad
-        padded = torch.minimum(padded, self._padded_dims - 1)
-        group_keys, group_of_query = torch.unique(_linear_key(padded, self._padded_dims), return_inverse=True)
+        group_keys, group_of_query = torch.unique(self._query_cell_keys(queries), return_inverse=True)
         group_cells = _unlinear_key(group_keys, self._padded_dims) - self._pad  # (G, 3)
         groups_per_pass = max(1, self.max_candidates // self.offsets.shape[0])
         widths = torch.cat(

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from npva.model.fast import interpreted
-from npva.model.query import _EMPTY_KEY, NeighbourIndex, _linear_key
+from npva.model.query import _EMPTY_KEY, NeighbourIndex
 
 # Above this many grid cells the dense table is not built and queries take the reference path.
 MAX_TABLE_CELLS = 1 << 26
@@ -157,9 +157,7 @@ class TritonNeighbourIndex(NeighbourIndex):
 
     def _launch(self, queries: torch.Tensor, keys: torch.Tensor) -> None:
         """Run the kernel over queries (Q, 3), writing keys (Q, KP)."""
-        padded = self._cell_coords(queries).clamp(-self._pad, None) + self._pad
-        padded = torch.minimum(padded, self._padded_dims - 1)
-        order = torch.argsort(_linear_key(padded, self._padded_dims))
+        order = torch.argsort(self._query_cell_keys(queries))
         radius_sq = self.radius * self.radius
         box_radius = self.radius * (1.0 + _BOX_MARGIN)
         options = {} if interpreted() else {"num_warps": self.num_warps, "enable_fp_fusion": False}
