@@ -363,9 +363,9 @@ def finalize(ctx: Context, stats_frames: list[Frame], frames: list[Frame], faile
         if mouth.shape != coverage.shape:
             raise FormatError(ctx.config.mouth_mask, f"expected a {size}x{size} mask")
     else:
+        layout = SubjectLayout(ctx.subject)
         poses = [
-            read_transform(SubjectLayout(ctx.subject).transform(*f))
-            for f in stats_frames[:: max(1, len(stats_frames) // 32)]
+            read_transform(layout.transform(*f)) for f in stats_frames[:: max(1, len(stats_frames) // 32)]
         ]
         axes = face_axes(ctx.cameras.values(), poses)
         mouth, problem = derive_mouth(stretch, mean, coverage, axes, ctx.config)

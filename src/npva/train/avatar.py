@@ -45,27 +45,22 @@ BACKGROUNDS = ("learned", "black", "mask")
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}  # train.precision -> autocast dtype of the networks
 
 
-class CameraBackground(nn.Module):
-    """A learned RGB colour per camera name: colours (N, 3), one row per name in `camera_names`."""
+class PerCamera(nn.Module):
+    """Parameters learned per training camera: one row per name in `camera_names`, looked up by name.
+    A checkpoint records the names, and loading it into a module of other cameras fails."""
 
-    def __init__(self, camera_names: Sequence[str], initial: torch.Tensor | None = None):
+    learned = "parameters"  # what is learned per camera, for the error message
+
+    def __init__(self, camera_names: Sequence[str]):
         super().__init__()
         if not camera_names:
-            raise ValueError("a learned background needs at least one camera")
+            raise ValueError(f"{self.learned} per camera need at least one camera")
         self.camera_names = [str(name) for name in camera_names]
-        if initial is None:
-            initial = torch.full((len(self.camera_names), 3), 0.5)
-        if initial.shape != (len(self.camera_names), 3):
-            raise ValueError(
-                f"expected initial colours ({len(self.camera_names)}, 3), got {tuple(initial.shape)}"
-            )
-        self.colours = nn.Parameter(initial.detach().float().clone())
         self._row = {name: i for i, name in enumerate(self.camera_names)}
 
-    def forward(self, camera_name: str) -> torch.Tensor:
-        """(3,) colour of `camera_name`; the mean colour for a camera not trained on."""
-        row = self._row.get(str(camera_name))
-        return self.colours.mean(0) if row is None else self.colours[row]
+    def row(self, camera_name: str) -> int | None:
+        """The row of `camera_name`, None for a camera not trained on."""
+        return self._row.get(str(camera_name))
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"camera_names": list(self.camera_names)}
@@ -73,12 +68,33 @@ class CameraBackground(nn.Module):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         if list(state["camera_names"]) != self.camera_names:
             raise ValueError(
-                f"background colours were learned for cameras {state['camera_names']}, "
+                f"{self.learned} were learned for cameras {state['camera_names']}, "
                 f"this avatar has {self.camera_names}"
             )
 
 
-class CameraColour(nn.Module):
+class CameraBackground(PerCamera):
+    """A learned RGB colour per camera name: colours (N, 3), one row per name in `camera_names`."""
+
+    learned = "background colours"
+
+    def __init__(self, camera_names: Sequence[str], initial: torch.Tensor | None = None):
+        super().__init__(camera_names)
+        if initial is None:
+            initial = torch.full((len(self.camera_names), 3), 0.5)
+        if initial.shape != (len(self.camera_names), 3):
+            raise ValueError(
+                f"expected initial colours ({len(self.camera_names)}, 3), got {tuple(initial.shape)}"
+            )
+        self.colours = nn.Parameter(initial.detach().float().clone())
+
+    def forward(self, camera_name: str) -> torch.Tensor:
+        """(3,) colour of `camera_name`; the mean colour for a camera not trained on."""
+        row = self.row(camera_name)
+        return self.colours.mean(0) if row is None else self.colours[row]
+
+
+class CameraColour(PerCamera):
     """A learned colour calibration per camera: the avatar's colour as camera c sees it is
     gain_c * colour + bias_c (per RGB channel), as the colour calibration of Multiface's own models.
 
@@ -89,32 +105,20 @@ class CameraColour(nn.Module):
     neutral calibration (gain 1, bias 0). The parameters start there.
     """
 
+    learned = "colour calibrations"
+
     def __init__(self, camera_names: Sequence[str]):
-        super().__init__()
-        if not camera_names:
-            raise ValueError("a colour calibration per camera needs at least one camera")
-        self.camera_names = [str(name) for name in camera_names]
+        super().__init__(camera_names)
         self.log_gains = nn.Parameter(torch.zeros(len(self.camera_names), 3))
         self.biases = nn.Parameter(torch.zeros(len(self.camera_names), 3))
-        self._row = {name: i for i, name in enumerate(self.camera_names)}
 
     def forward(self, camera_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(gain (3,), bias (3,)) of `camera_name`; (1, 0) for a camera not trained on."""
-        row = self._row.get(str(camera_name))
+        row = self.row(camera_name)
         if row is None:
             return torch.ones_like(self.biases[0]), torch.zeros_like(self.biases[0])
         gain = torch.exp(self.log_gains[row] - self.log_gains.mean(0))
         return gain, self.biases[row] - self.biases.mean(0)
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"camera_names": list(self.camera_names)}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        if list(state["camera_names"]) != self.camera_names:
-            raise ValueError(
-                f"colour calibrations were learned for cameras {state['camera_names']}, "
-                f"this avatar has {self.camera_names}"
-            )
 
 
 def calibrated(
