@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean chromium
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,14 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/npva demo --out $(DEMO_DIR)
 
-test: $(BIN)/.installed
+# The viewer's browser test needs Chromium: installed here when apt-get can, else that test is skipped.
+chromium:
+	@command -v chromium >/dev/null || ! command -v apt-get >/dev/null || \
+		apt-get install -y -q chromium >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) || \
+		echo "chromium could not be installed: the viewer's browser test will be skipped"
+
+test: $(BIN)/.installed chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not gpu"

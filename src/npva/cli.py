@@ -108,7 +108,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         preset = preprocessed_preset(gendir)
         logging.getLogger(__name__).info("preset %s: the one %s was preprocessed for", preset, gendir)
     config = build_config(preset, args.config, args.set, base=saved)
-    result = train(subject, run_dir, config, gendir=gendir)
+    live = None
+    if args.view and main_process:
+        from npva.view import LiveView
+
+        live = LiveView(subject, gendir, run_dir, config, args.view_every, args.host, args.port)
+    try:
+        result = train(subject, run_dir, config, gendir=gendir, on_step=live)
+    finally:
+        if live is not None:
+            live.close()
     if main_process:
         print(result.summary())
     return 0
@@ -175,6 +184,22 @@ def _cmd_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_view(args: argparse.Namespace) -> int:
+    from npva.eval.loading import run_directory
+    from npva.view import Viewer, open_subject, serve, viser_module
+
+    viser_module()  # before the checkpoint: a missing package is said at once
+    ctx = _open_checkpoint(args)
+    out_dir = Path(args.out) if args.out else run_directory(ctx.checkpoint) / "view"
+    viewer = Viewer(open_subject(ctx), out_dir, host=args.host, port=args.port)
+    print(f"npva view: {viewer.url} shows step {ctx.step} of {ctx.checkpoint} (Ctrl-C stops)", flush=True)
+    try:
+        serve(viewer)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def _cmd_metrics(args: argparse.Namespace) -> int:
     from npva.eval.loading import evaluation_dataset
     from npva.eval.metrics import default_out_dir, evaluate_checkpoint, protocol_cameras
@@ -215,6 +240,12 @@ def _add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gendir", help="preprocessing output (default: the one trained on)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default cuda when available")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the viewer serves."""
+    parser.add_argument("--host", default="127.0.0.1", help="viewer address (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8080, help="viewer port (the next free one if taken)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -321,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override one setting, e.g. --set train.lr=5e-4 --set data.cameras=400029 (repeatable)",
     )
+    train.add_argument("--view", action="store_true", help="watch the training in the browser (npva view)")
+    train.add_argument(
+        "--view-every", type=int, default=50, metavar="N", help="--view: newest weights every N steps"
+    )
+    _add_server_arguments(train)
     train.set_defaults(run=_cmd_train)
 
     render = sub.add_parser("render", help="render a list of frames: images, depth, normals, meshes, points")
@@ -356,6 +392,17 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--fps", type=int, default=30)
     video.add_argument("--out", metavar="FILE.mp4", help="default RUN_DIR/video/<seq>.mp4")
     video.set_defaults(run=_cmd_video)
+
+    view = sub.add_parser(
+        "view", help="look at an avatar in the browser: free camera, timeline, depth, normals, points, photos"
+    )
+    view.add_argument("checkpoint", help="checkpoint file, or a run directory (its newest checkpoint)")
+    view.add_argument("--subject", help="subject directory (default: the one trained on)")
+    view.add_argument("--gendir", help="preprocessing output (default: the one trained on)")
+    view.add_argument("--device", choices=("cpu", "cuda"), help="default cuda when available")
+    view.add_argument("--out", metavar="DIR", help="screenshots and turntables (default RUN_DIR/view)")
+    _add_server_arguments(view)
+    view.set_defaults(run=_cmd_view)
 
     metrics = sub.add_parser("metrics", help="PSNR / SSIM / LPIPS under a named protocol, CSV + JSON")
     _add_checkpoint_arguments(metrics)

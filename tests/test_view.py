@@ -1,0 +1,236 @@
+"""npva view: the viewer's cameras and pictures, and the viewer itself in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from npva.cli import main
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-unsafe-swiftshader",  # WebGL without a GPU
+    "--use-angle=swiftshader",
+    "--window-size=1200,800",
+    "--remote-debugging-port=0",
+)
+WAIT_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_checkpoint):
+    from npva.eval.loading import open_checkpoint
+
+    return open_checkpoint(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def subject(ctx):
+    from npva.view import open_subject
+
+    return open_subject(ctx)
+
+
+def test_view_camera_of_a_capture_camera_is_that_camera(subject):
+    from npva.view.scene import scene_point, view_camera
+
+    capture = subject.cameras[subject.default_camera]
+    fov = 2 * np.arctan(0.5 * capture.height / capture.K[1, 1])
+    camera = view_camera(
+        subject, scene_point(subject, capture.centre), capture.R.T, fov, capture.height, capture.width
+    )
+    np.testing.assert_allclose(camera.R, capture.R, atol=1e-9)
+    np.testing.assert_allclose(camera.centre, capture.centre, atol=1e-6)
+    assert camera.K[1, 1] == pytest.approx(capture.K[1, 1])
+    assert subject.capture_name(camera) == capture.name
+    assert subject.nearest_camera(camera) == capture.name
+
+
+def test_photo_in_view_is_the_photo_from_its_own_camera(subject):
+    from npva.view.scene import photo_in_view
+
+    seq, frames = next(iter(subject.sequences.items()))
+    capture = subject.cameras[subject.default_camera]
+    photo = subject.photo(seq, frames[0], capture.name)
+    assert photo is not None and photo.shape == (capture.height, capture.width, 3)
+    np.testing.assert_array_equal(photo_in_view(photo, capture, capture), photo)
+
+
+def test_every_mode_draws_the_avatar(subject):
+    from npva.view.render import IMAGE_MODES, neural_points, render_image
+
+    seq, frames = next(iter(subject.sequences.items()))
+    camera = subject.cameras[subject.default_camera]
+    pictures = {mode: render_image(subject, seq, frames[0], camera, mode) for mode in IMAGE_MODES}
+    for mode, picture in pictures.items():
+        assert picture.shape == (camera.height, camera.width, 3) and picture.dtype == np.uint8, mode
+        assert picture.std() > 5, f"{mode}: a uniform picture"
+    for a, b in itertools.combinations(IMAGE_MODES, 2):
+        assert np.abs(pictures[a].astype(int) - pictures[b]).mean() > 5, (a, b)
+    for colour_by in ("feature", "displacement"):
+        cloud = neural_points(subject, seq, frames[0], camera, colour_by)
+        assert cloud.positions.shape == cloud.colours.shape and len(cloud.positions) > 100
+        assert cloud.colours.std(0).min() > 1, f"points by {colour_by}: one colour"
+
+
+def test_view_without_viser_names_the_package(tiny_checkpoint, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "viser", None)  # import viser raises ImportError
+    assert main(["view", str(tiny_checkpoint)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "viser" in err and "npva[view]" in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# The viewer in a browser
+
+
+class Browser:
+    """Headless Chromium driven through its DevTools protocol (one page)."""
+
+    def __init__(self, profile: Path):
+        from websockets.sync.client import connect
+
+        self.process = subprocess.Popen(
+            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        port_file = profile / "DevToolsActivePort"
+        wait_for(port_file.exists, "Chromium's DevTools port")
+        port = port_file.read_text().split()[0]
+        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=10).read())
+        page = next(t for t in targets if t["type"] == "page")
+        self.socket = connect(page["webSocketDebuggerUrl"], max_size=2**28)
+        self._ids = itertools.count(1)
+
+    def call(self, method: str, **params):
+        message_id = next(self._ids)
+        self.socket.send(json.dumps({"id": message_id, "method": method, "params": params}))
+        while True:
+            reply = json.loads(self.socket.recv(timeout=WAIT_S))
+            if reply.get("id") == message_id:
+                assert "error" not in reply, reply
+                return reply["result"]
+
+    def evaluate(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def text(self) -> str:
+        return self.evaluate("document.body ? document.body.innerText : ''") or ""
+
+    def click(self, element: str) -> None:
+        """A mouse click at the centre of the element the JavaScript expression `element` finds."""
+        centre = self.evaluate(
+            f"(() => {{ const e = {element}; if (!e) return null; const r = e.getBoundingClientRect();"
+            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
+        assert centre is not None, f"nothing on the page matches {element}"
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call(
+                "Input.dispatchMouseEvent", type=kind, x=centre[0], y=centre[1], button="left", clickCount=1
+            )
+
+    def screenshot(self) -> np.ndarray:
+        """uint8 (H, W, 3) RGB of the page."""
+        data = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+        return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+    def close(self) -> None:
+        self.socket.close()
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def wait_for(condition, what: str):
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"waited {WAIT_S:.0f} s for {what}")
+
+
+def options(label: str) -> str:
+    """JavaScript: the input showing `label`'s current value is found by its value (the panel's
+    dropdowns show their value in an input)."""
+    return f"Array.from(document.querySelectorAll('input')).find(i => i.value === '{label}')"
+
+
+def shown(browser: Browser, frame: str, mode: str) -> np.ndarray:
+    """The screenshot once the viewer says it shows `frame` in `mode` at full size (the viewport's
+    centre, where the head is and the panel is not)."""
+    wait_for(
+        lambda: (text := browser.text()) and f"{frame}, {mode}:" in text and "refining" not in text,
+        f"the viewer to show frame {frame} in {mode}",
+    )
+    time.sleep(1.0)  # the picture arrived with the text; let the page draw it
+    shot = browser.screenshot()
+    height, width = shot.shape[:2]
+    return shot[height // 4 : 3 * height // 4, width // 4 : width // 2 + width // 8]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium (make test installs it with apt-get when it can)")
+def test_view_in_a_browser(tiny_checkpoint, subject, tmp_path):
+    log = tmp_path / "view.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "npva", "view", str(tiny_checkpoint), "--port", "0", "--device", "cpu"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+    browser = None
+    try:
+
+        def started() -> str | None:
+            assert server.poll() is None, f"npva view ended: {log.read_text()}"
+            lines = [line for line in log.read_text().splitlines() if line.startswith("npva view:")]
+            return lines[0].split()[2] if lines else None
+
+        url = wait_for(started, "npva view to start")
+        profile = tmp_path / "chromium"
+        profile.mkdir()
+        browser = Browser(profile)
+        browser.call("Page.navigate", url=url)
+        seq, frames = next(iter(subject.sequences.items()))
+
+        colour = shown(browser, frames[0], "colour")
+        assert colour.std() > 10, "a blank canvas"
+        assert len(np.unique(colour.reshape(-1, 3), axis=0)) > 50, "a blank canvas"
+
+        browser.click("Array.from(document.querySelectorAll('button')).find(b => b.textContent === 'next')")
+        next_frame = shown(browser, frames[1], "colour")
+        assert np.abs(next_frame.astype(int) - colour).mean() > 0.5, "the next frame looks the same"
+
+        browser.click(options("colour"))
+        browser.click(
+            "Array.from(document.querySelectorAll('[role=option]')).find(o => o.textContent === 'depth')"
+        )
+        depth = shown(browser, frames[1], "depth")
+        assert np.abs(depth.astype(int) - next_frame).mean() > 10, "depth looks like colour"
+    finally:
+        if browser is not None:
+            browser.close()
+        server.terminate()
+        server.wait(timeout=20)
