@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from npva.geometry.mesh import to_face_frame
+from npva.geometry.posmap import PositionMapSampler
 from npva.geometry.raster import coverage_mask, rasterize_camera
 from npva.io.multiface import read_frame_list, read_krt, read_obj, read_transform
 from npva.io.subject import SubjectLayout
-from npva.preprocess.uvlayout import PositionMapSampler
 from npva.synth import write_subject
 
 

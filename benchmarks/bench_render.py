@@ -26,8 +26,8 @@ from profiling import profiled
 
 from npva.eval.loading import evaluation_dataset, open_checkpoint
 from npva.eval.render import render_view
+from npva.model.avatar import PRECISIONS
 from npva.timing import STAGES, StageTimer
-from npva.train.avatar import PRECISIONS
 
 
 def main() -> None:
@@ -79,24 +79,25 @@ def synchronize(device: torch.device) -> None:
 def measure(avatar, samples, full: bool, device: torch.device) -> dict:
     """Median ms per frame, mean ms per stage, peak memory, rays and shading points per frame."""
     for sample in samples[:2]:  # warm-up: compilation, caches, allocator
-        render_view(avatar, sample, full)
+        render_view(avatar, sample.drive, sample.camera, full)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, rays, shading, squared_errors = [], [], [], []
     for sample in samples:
         synchronize(device)
         start = time.perf_counter()
-        view = render_view(avatar, sample, full)
+        view = render_view(avatar, sample.drive, sample.camera, full)
         synchronize(device)
         times.append(time.perf_counter() - start)
         rays.append(view.output.rays.num_samples.shape[0])
         shading.append(int(view.output.rays.num_samples.sum()))
-        inside = sample.mask.to(device)
-        squared_errors.append(((view.image - sample.image.permute(1, 2, 0))[inside] ** 2).mean().item())
+        inside = sample.targets.mask.to(device)
+        photo = sample.targets.image.permute(1, 2, 0)
+        squared_errors.append(((view.image - photo)[inside] ** 2).mean().item())
     timer = StageTimer(lambda: synchronize(device))
     with timer.active():
         for sample in samples:
-            render_view(avatar, sample, full)
+            render_view(avatar, sample.drive, sample.camera, full)
     stages = {name: seconds / len(samples) for name, seconds in timer.take().items()}
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     return {

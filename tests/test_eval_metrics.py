@@ -10,6 +10,10 @@ import torch
 
 from npva.cli import main
 from npva.config import DataConfig
+from npva.data.frames import FrameInputs
+from npva.data.gendir import GenDir, read_uv_layout
+from npva.data.prepared import PreparedSubject
+from npva.data.samples import AvatarDataset
 from npva.errors import NpvaError
 from npva.eval.baseline import mouth_region, textured_mesh_image
 from npva.eval.loading import evaluation_dataset, open_checkpoint
@@ -19,7 +23,6 @@ from npva.eval.metrics import (
     evaluate_checkpoint,
     legacy_scores,
     protocol_cameras,
-    psnr,
     ssim,
     standard_scores,
     summarize,
@@ -28,8 +31,7 @@ from npva.geometry.camera import Camera
 from npva.geometry.mesh import Mesh
 from npva.io.multiface import write_image, write_krt, write_obj
 from npva.io.subject import SubjectLayout
-from npva.preprocess.gendir import GenDir, read_uv_layout
-from npva.train.data import AvatarDataset
+from npva.quality.psnr import psnr
 
 JAW_OPEN = ("E011_Jaw_Open_Sharp_Corner_Lip_Stretch", "003615")
 NEUTRAL = ("E001_Neutral_Eyes_Open", "000003")
@@ -212,7 +214,8 @@ def quad_subject(root: Path, texture: np.ndarray) -> tuple[SubjectLayout, Simple
     write_image(layout.average_texture(seq, frame), texture)
     K = np.array([[1000.0, 0, 10], [0, 1000.0, 10], [0, 0, 1]])
     camera = Camera("400029", K, np.eye(3), np.zeros(3), height=20, width=20)
-    sample = SimpleNamespace(seq=seq, frame=frame, cam="400029", camera=camera, image=torch.zeros(3, 20, 20))
+    targets = SimpleNamespace(image=torch.zeros(3, 20, 20))
+    sample = SimpleNamespace(seq=seq, frame=frame, cam="400029", camera=camera, targets=targets)
     return layout, sample
 
 
@@ -239,7 +242,9 @@ def test_mouth_region_is_the_pixels_of_the_mouth_texels(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_samples(tiny_subject, gendir):
-    dataset = AvatarDataset(tiny_subject, gendir, [JAW_OPEN, NEUTRAL], ["400029", "400008"], DataConfig())
+    prepared = PreparedSubject(tiny_subject, gendir)
+    inputs = FrameInputs(texture_size=32, posmap_size=32)
+    dataset = AvatarDataset(prepared, [JAW_OPEN, NEUTRAL], ["400029", "400008"], DataConfig(), inputs)
     return SubjectLayout(tiny_subject), [dataset.load(i) for i in range(len(dataset))]
 
 
@@ -247,9 +252,9 @@ def test_baseline_matches_the_tiny_photos_inside_the_mesh(tiny_samples):
     layout, samples = tiny_samples
     for sample in samples:
         image, coverage = textured_mesh_image(layout, sample)
-        error = (image - sample.image.permute(1, 2, 0)).abs().mean(-1)
-        assert coverage.sum() > 0.8 * sample.mask.sum()  # the mesh covers the mask (up to its rim)
-        assert not (coverage & ~sample.mask).any()
+        error = (image - sample.targets.image.permute(1, 2, 0)).abs().mean(-1)
+        assert coverage.sum() > 0.8 * sample.targets.mask.sum()  # the mesh covers the mask (up to its rim)
+        assert not (coverage & ~sample.targets.mask).any()
         assert error[coverage].mean() < 0.05 and error[coverage].median() < 0.025
 
 
@@ -258,7 +263,7 @@ def test_mouth_region_on_a_jaw_open_frame(tiny_samples, gendir):
     _, _, mouth = read_uv_layout(GenDir(gendir))
     jaw_open = next(s for s in samples if (s.seq, s.frame) == JAW_OPEN)
     region = mouth_region(layout, jaw_open, torch.from_numpy(mouth.astype(bool)))
-    assert region.sum() > 20 and not (region & ~jaw_open.mask).any()
+    assert region.sum() > 20 and not (region & ~jaw_open.targets.mask).any()
 
 
 # ---- the command -------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from npva.eval.render import (
     coarse_mesh,
     depth_image,
     displacement_image,
-    guide_depth,
     normal_image,
     normal_map,
     render_samples,
@@ -104,7 +103,8 @@ def test_coarse_mesh_rasterizes_to_the_guide_depth(rendered, ctx):
     sample = dataset.load(0)
     mesh = read_obj(records[0].files["coarse_mesh"])
     depth = rasterize_camera(torch.from_numpy(mesh.verts), torch.from_numpy(mesh.faces), sample.camera).depth
-    torch.testing.assert_close(depth, guide_depth(ctx.avatar, sample), rtol=0, atol=1e-3)
+    view = render_view(ctx.avatar, sample.drive, sample.camera)
+    torch.testing.assert_close(depth, view.output.scene.guide_depth, rtol=0, atol=1e-3)
 
 
 def test_preview_writes_only_images(ctx, tiny_checkpoint, tiny_subject, gendir, two_frames, tmp_path):
@@ -125,12 +125,12 @@ def test_preview_writes_only_images(ctx, tiny_checkpoint, tiny_subject, gendir, 
 def test_uncovered_pixels_show_the_background_and_covered_ones_match_a_full_render(ctx, rendered):
     _, dataset, _ = rendered
     sample = dataset.load(0)
-    full = render_view(ctx.avatar, sample, full=True)
-    covered_only = render_view(ctx.avatar, sample, full=False)
+    full = render_view(ctx.avatar, sample.drive, sample.camera, full=True)
+    covered_only = render_view(ctx.avatar, sample.drive, sample.camera, full=False)
     covered = covered_only.covered
     assert 0 < covered.sum() < covered.numel()
     assert torch.equal(full.output.scene.guide_depth > 0, covered)
-    assert torch.equal(guide_depth(ctx.avatar, sample), full.output.scene.guide_depth)
+    assert torch.equal(covered_only.output.scene.guide_depth, full.output.scene.guide_depth)
     assert len(covered_only.output.pixels) == int(covered.sum())  # only covered pixels were rendered
     background = ctx.avatar.background_colour(CAMERA).detach()
     assert torch.equal(covered_only.image[~covered], background.expand(int((~covered).sum()), 3))

@@ -21,7 +21,6 @@ from npva.eval.video import (
     orbit_cameras,
     rotation_about,
     shaded_mesh_image,
-    training_camera,
 )
 from npva.geometry.camera import look_at, project
 from npva.geometry.mesh import uv_sphere
@@ -61,7 +60,7 @@ def decoded(path: Path) -> tuple[list[np.ndarray], list[str]]:
 
 
 def test_prmesh_puts_the_shaded_mesh_beside_the_render(ctx, frame_list, frames, tmp_path):
-    camera = training_camera(ctx, "400029", frames)
+    camera = ctx.prepared.view_camera("400029", frames)
     images, _ = decoded(make_video(ctx, frame_list, tmp_path / "mesh.mp4", prmesh=True, progress=False))
     assert len(images) == len(frames)
     assert images[0].shape == (camera.height, 2 * camera.width, 3)
@@ -82,7 +81,7 @@ def test_shaded_mesh_is_brightest_where_it_faces_the_camera():
 
 
 def test_orbit_cameras_look_at_the_centre_from_the_base_distance(ctx, frames):
-    base = training_camera(ctx, "400008", frames)
+    base = ctx.prepared.view_camera("400008", frames)
     centre = np.array([5.0, -20.0, 30.0])
     cameras = orbit_cameras(base, centre, 12, degrees=40.0)
     assert len(cameras) == 12
@@ -189,7 +188,7 @@ def test_cli_writes_the_run_video_by_default_from_the_default_camera(
     assert str(expected) in capsys.readouterr().out
     images, kinds = decoded(expected)
     ctx = open_checkpoint(run, subject=tiny_subject, gendir=gendir)
-    camera = training_camera(ctx, default_camera(list(read_krt(ctx.layout.krt))), frames)
+    camera = ctx.prepared.view_camera(default_camera(list(read_krt(ctx.layout.krt))), frames)
     assert camera.name == "400029"
     assert kinds == ["video"]
     assert len(images) == len(frames)

@@ -105,29 +105,15 @@ def test_triton_blend_equals_the_reference_values_and_gradients(seed):
 @pytest.mark.gpu
 @needs_kernels
 def test_triton_render_matches_the_reference_render_and_its_gradients():
-    from test_model_render import POSE, RENDER, _camera, _encoder_inputs, _models, _template
-
-    from npva.model.render import render
+    from test_model_render import RENDER, _avatar, _camera, _drive
 
     results = {}
     for kernels in ("torch", "triton"):
-        network, decoder = _models()
-        network, decoder = network.cuda().train(), decoder.cuda()
-        texture, posmap = (t.cuda() for t in _encoder_inputs())
-        out = render(
-            network,
-            decoder,
-            _template().to("cuda"),
-            _camera(48, 64, 360.0),
-            POSE[0].cuda(),
-            POSE[1].cuda(),
-            replace(RENDER, kernels=kernels),
-            texture=texture,
-            posmap_normalized=posmap,
-            generator=torch.Generator("cuda").manual_seed(5),
-        )
+        avatar = _avatar(replace(RENDER, kernels=kernels)).cuda().train()
+        generator = torch.Generator("cuda").manual_seed(5)
+        out = avatar.render(_drive().to("cuda"), _camera(48, 64, 360.0), generator=generator)
         (out.rays.colour.sum() + 1e-3 * out.rays.depth.sum()).backward()
-        grads = torch.cat([p.grad.reshape(-1) for p in [*network.parameters(), *decoder.parameters()]])
+        grads = torch.cat([p.grad.reshape(-1) for p in avatar.parameters()])
         results[kernels] = (out, grads)
     (ref, ref_grads), (fast, fast_grads) = results["torch"], results["triton"]
     assert torch.equal(ref.rays.num_samples, fast.rays.num_samples)

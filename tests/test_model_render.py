@@ -1,4 +1,5 @@
-"""Rendering end to end at tiny size: gradients, chunking, pixel subsets, background, full size."""
+"""Rendering end to end at tiny size through Avatar.render: gradients, chunking, pixel subsets, covered
+pixels, background, full size."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import pytest
 import torch
 
 from npva.config import DecoderConfig, ModelConfig, RenderConfig, SamplingConfig
+from npva.data.frames import FrameDrive
 from npva.geometry.camera import look_at
+from npva.model.avatar import Avatar
 from npva.model.decoding import make_radiance_decoder
 from npva.model.networks import AvatarNetwork, DecodedMaps
 from npva.model.query import knn_radius_bruteforce
-from npva.model.render import UVTemplate, build_scene, decode_at, render, render_rays
+from npva.model.render import UVTemplate, build_scene, decode_at, render_rays
 
 UV = 16  # coarse map side
 POINTS = 32  # point map side
@@ -60,44 +63,37 @@ def _encoder_inputs(seed: int = 1):
     return torch.rand(1, 3, 32, 32, generator=g), torch.randn(1, 3, UV, UV, generator=g)
 
 
-def _render_eval(network, decoder, camera=None, cfg=RENDER, **kwargs):
-    network.eval()
+def _avatar(cfg: RenderConfig = RENDER, seed: int = 0, **kwargs) -> Avatar:
+    """An untrained avatar over _template() whose network and decoder are those of _models(seed)."""
+    torch.manual_seed(seed)
+    template = _template()
+    kwargs.setdefault("background", "black")
+    return Avatar(MODEL, cfg, template, torch.zeros(UV, UV, dtype=torch.bool), **kwargs)
+
+
+def _drive(seed: int = 1) -> FrameDrive:
+    """A frame whose normalized position map is _encoder_inputs' (the template's std is 1)."""
+    texture, normalized = _encoder_inputs(seed)
+    return FrameDrive(texture=texture[0], posmap=normalized[0] + _template().mean_map, R=POSE[0], t=POSE[1])
+
+
+def _render_eval(avatar: Avatar, camera=None, pixels=None):
+    avatar.eval()
     with torch.no_grad():
-        return render(
-            network,
-            decoder,
-            _template(),
-            camera or _camera(),
-            *POSE,
-            cfg,
-            latent=torch.zeros(1, 4, 2, 2),
-            **kwargs,
-        )
+        return avatar.render(_drive(), camera or _camera(), pixels)
 
 
 def test_forward_backward_reaches_every_parameter_in_seconds():
-    network, decoder = _models()
-    network.train()
-    texture, posmap = _encoder_inputs()
+    avatar = _avatar().train()
     start = time.perf_counter()
-    out = render(
-        network,
-        decoder,
-        _template(),
-        _camera(),
-        *POSE,
-        RENDER,
-        texture=texture,
-        posmap_normalized=posmap,
-        generator=torch.Generator().manual_seed(0),
-    )
+    out = avatar.render(_drive(), _camera(), generator=torch.Generator().manual_seed(0))
     loss = out.rays.colour.sum() + 0.01 * (out.rays.depth.sum() + out.rays.guide_depth.sum())
     loss.backward()
     elapsed = time.perf_counter() - start
     assert elapsed < 10.0
     assert out.mu is not None and out.logstd is not None
     assert (out.rays.num_samples > 0).float().mean() > 0.3  # the bump fills much of the image
-    for name, param in [*network.named_parameters(), *decoder.named_parameters()]:
+    for name, param in avatar.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
@@ -131,9 +127,8 @@ def test_coarse_map_gets_gradient_through_the_guide_and_through_the_points():
 
 
 def test_chunked_render_equals_one_chunk():
-    network, decoder = _models()
-    whole = _render_eval(network, decoder)
-    chunked = _render_eval(network, decoder, cfg=replace(RENDER, chunk_rays=37))
+    whole = _render_eval(_avatar())
+    chunked = _render_eval(_avatar(replace(RENDER, chunk_rays=37)))
     # Same samples and neighbours; the decoder's matrix products may round differently per batch.
     assert torch.equal(chunked.rays.num_samples, whole.rays.num_samples)
     assert torch.equal(chunked.rays.guide_depth, whole.rays.guide_depth)
@@ -143,10 +138,10 @@ def test_chunked_render_equals_one_chunk():
 
 
 def test_pixel_subset_equals_the_full_render_there():
-    network, decoder = _models()
-    full = _render_eval(network, decoder)
+    avatar = _avatar()
+    full = _render_eval(avatar)
     pixels = torch.tensor([[0, 0], [16, 12], [31, 23], [5, 20], [16, 12]])
-    subset = _render_eval(network, decoder, pixels=pixels)
+    subset = _render_eval(avatar, pixels=pixels)
     at = pixels[:, 1] * 32 + pixels[:, 0]
     assert torch.allclose(subset.rays.colour, full.rays.colour[at], atol=1e-5)
     image = full.to_image(full.rays.colour)
@@ -157,29 +152,47 @@ def test_pixel_subset_equals_the_full_render_there():
     assert sparse[0, 1].item() == -1.0 and torch.isclose(sparse[12, 16], subset.rays.depth[1])
 
 
+def test_covered_pixels_are_the_full_render_where_the_coarse_mesh_covers():
+    avatar = _avatar()
+    full = _render_eval(avatar, pixels="all")
+    covered = _render_eval(avatar, pixels="covered")
+    inside = full.scene.guide_depth > 0
+    assert 0 < inside.sum() < inside.numel()
+    assert torch.equal(covered.pixels, full.pixels[inside.reshape(-1)])  # row by row
+    at = covered.pixels[:, 1] * 32 + covered.pixels[:, 0]
+    assert torch.allclose(covered.rays.colour, full.rays.colour[at], atol=1e-5)
+    with pytest.raises(ValueError, match="covered"):
+        _render_eval(avatar, pixels="inside")
+
+
 def test_rays_without_samples_show_the_background():
-    network, decoder = _models()
-    black = _render_eval(network, decoder)
+    black = _render_eval(_avatar())
     empty = black.rays.num_samples == 0
     hit = black.rays.opacity > 0.999
     assert empty.any() and hit.any()
     assert (black.rays.colour[empty] == 0).all() and (black.rays.opacity[empty] == 0).all()
-    grey = _render_eval(network, decoder, background=torch.tensor([0.5, 0.5, 0.5]))
-    assert torch.allclose(grey.rays.colour[empty], torch.tensor(0.5))
-    assert torch.allclose(grey.rays.colour[hit], black.rays.colour[hit], atol=1e-3)
+    grey = torch.tensor([[0.5, 0.5, 0.5], [0.1, 0.2, 0.3]])
+    learned = _avatar(background="learned", camera_names=["cam", "other"], initial_background=grey)
+    seen = _render_eval(learned)  # the camera is "cam"
+    assert torch.allclose(seen.rays.colour[empty], torch.tensor(0.5))
+    assert torch.allclose(seen.rays.colour[hit], black.rays.colour[hit], atol=1e-3)
+    unseen = _render_eval(learned, camera=replace(_camera(), name="new"))  # the mean colour
+    assert torch.allclose(unseen.rays.colour[empty], grey.mean(0).expand(int(empty.sum()), 3))
+    scene = black.scene  # render_rays also takes one colour per ray
     per_ray = torch.rand(24 * 32, 3)
-    mixed = _render_eval(network, decoder, background=per_ray)
-    assert torch.allclose(mixed.rays.colour[empty], per_ray[empty])
+    mixed = render_rays(scene, _avatar().decoder.eval(), black.pixels, RENDER, background=per_ray)
+    assert torch.allclose(mixed.colour[empty], per_ray[empty])
 
 
 def test_full_size_image_renders_in_bounded_chunks():
-    network, decoder = _models()
     cfg = replace(RENDER, sampling=SamplingConfig(), chunk_rays=1 << 14)
+    avatar = _avatar(cfg)
+    decoder = avatar.decoder
     camera = _camera(1024, 667, focal=1200.0)  # the bump covers about a tenth of the image
     rows_per_call = []
     count_rows = lambda module, args, out: rows_per_call.append(args[0].shape[0])  # noqa: E731
     decoder.density_mlp.register_forward_hook(count_rows)
-    out = _render_eval(network, decoder, camera=camera, cfg=cfg)
+    out = _render_eval(avatar, camera=camera)
     assert out.rays.colour.shape == (1024 * 667, 3)
     assert out.to_image(out.rays.colour).shape == (1024, 667, 3)
     assert 0.02 < (out.rays.num_samples > 0).float().mean() < 0.5
@@ -188,31 +201,14 @@ def test_full_size_image_renders_in_bounded_chunks():
     assert max(rows_per_call) <= cfg.chunk_rays * cfg.sampling.max_samples
 
 
-def test_render_needs_a_latent_or_encoder_inputs():
-    network, decoder = _models()
-    with pytest.raises(ValueError):
-        render(network, decoder, _template(), _camera(), *POSE, RENDER)
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_render_on_cuda_matches_cpu(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    network, decoder = _models()
-    cpu = _render_eval(network, decoder)
-    network, decoder = network.cuda(), decoder.cuda()
-    network.eval()
+    avatar = _avatar()
+    cpu = _render_eval(avatar)
     with torch.no_grad():
-        gpu = render(
-            network,
-            decoder,
-            _template().to("cuda"),
-            _camera(),
-            POSE[0].cuda(),
-            POSE[1].cuda(),
-            RENDER,
-            latent=torch.zeros(1, 4, 2, 2).cuda(),
-        )
+        gpu = avatar.cuda().eval().render(_drive().to("cuda"), _camera())
     # Rounding differs between the devices; a point at the very edge of a neighbourhood or a
     # candidate at a voxel border may flip, so a few rays may differ.
     same_samples = gpu.rays.num_samples.cpu() == cpu.rays.num_samples

@@ -12,12 +12,12 @@ import torch
 
 from npva.cli import main
 from npva.config import PreprocessConfig
+from npva.data import gendir as gd
 from npva.geometry.mesh import Mesh
+from npva.geometry.posmap import PositionMapSampler
 from npva.io.multiface import read_frame_list, read_krt
 from npva.io.subject import SubjectLayout
-from npva.preprocess import gendir as gd
 from npva.preprocess import parse_shard, preprocess_subject
-from npva.preprocess.uvlayout import PositionMapSampler
 
 
 def _gendir_arrays(root: Path) -> dict[str, np.ndarray]:

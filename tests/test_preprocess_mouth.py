@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from npva.config import PreprocessConfig
+from npva.data import gendir as gd
 from npva.geometry.mesh import to_face_frame, to_world
 from npva.io.multiface import (
     read_bin,
@@ -22,7 +23,6 @@ from npva.io.multiface import (
     write_obj,
 )
 from npva.io.subject import SubjectLayout
-from npva.preprocess import gendir as gd
 from npva.preprocess import preprocess_subject
 from npva.preprocess.uvlayout import check_mouth, face_axes
 

@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from npva.cli import main
+from npva.data import gendir as gd
 from npva.errors import FormatError
 from npva.fileio import atomic_open, atomic_path, remove_temporaries
 from npva.io.multiface import read_camera_split, read_frame_list, read_krt
 from npva.io.subject import SubjectLayout
-from npva.preprocess import gendir as gd
 from npva.train import checkpoint as ckpt
 from npva.train.engine import run_lock
 
@@ -295,7 +295,9 @@ def test_photo_of_another_size_is_reported_and_left_out_of_training(subject, tmp
     import cv2
 
     from npva.config import DataConfig
-    from npva.train.data import AvatarDataset, select_samples
+    from npva.data.frames import FrameInputs
+    from npva.data.prepared import PreparedSubject
+    from npva.data.samples import AvatarDataset, select_samples
 
     layout = SubjectLayout(subject)
     seq, frame = read_frame_list(layout.split_list("train"))[0]
@@ -308,11 +310,12 @@ def test_photo_of_another_size_is_reported_and_left_out_of_training(subject, tmp
     printed = capsys.readouterr().out
     assert f"failed: {seq} {frame} camera 400008: {photo}: size 150x100 (HxW) differs from 128x84" in printed
     data = DataConfig(image_cache="none")
-    frames, cameras = select_samples(subject, data)
-    dataset = AvatarDataset(subject, subject / "gendir", frames, cameras, data)
+    prepared = PreparedSubject(subject)
+    frames, cameras = select_samples(prepared, data)
+    dataset = AvatarDataset(prepared, frames, cameras, data, FrameInputs(texture_size=32, posmap_size=32))
     pairs = {(key[0], key[1], key[2]) for key in dataset.keys}
     assert (seq, frame, "400008") not in pairs and (seq, frame, "400029") in pairs
-    assert {dataset[i].image.shape for i in range(len(dataset))} == {(3, 64, 42)}
+    assert {dataset[i].targets.image.shape for i in range(len(dataset))} == {(3, 64, 42)}
 
 
 def test_split_entry_outside_the_frame_list_is_reported_by_check(subject, capsys):

@@ -18,17 +18,17 @@ from npva.config import (
     load_config,
     save_config,
 )
+from npva.data.prepared import PreparedSubject
+from npva.data.samples import AvatarDataset
 from npva.errors import FormatError, NpvaError
 from npva.geometry.camera import look_at
 from npva.io.multiface import read_frame_list, write_frame_list
 from npva.io.subject import SubjectLayout
+from npva.model.avatar import Avatar, CameraBackground, CameraColour, calibrated
 from npva.model.render import UVTemplate
 from npva.train import build_config, load_avatar, preset_config, train
 from npva.train import checkpoint as ckpt
-from npva.train.avatar import Avatar, CameraBackground, CameraColour, calibrated
-from npva.train.data import AvatarDataset
 from npva.train.distributed import StepOrder
-from npva.train.engine import compared_colours
 
 
 @pytest.fixture(scope="module")
@@ -323,27 +323,27 @@ def test_missed_rays_show_the_background_and_mask_mode_compares_inside_only(gend
     avatar = Avatar.from_gendir(gendir, config.model, config.render, "learned", ["far"])
     with torch.no_grad():
         avatar.background.colours.copy_(torch.tensor([[0.1, 0.5, 0.9]]))
+    prepared = PreparedSubject(tiny_subject, gendir)
     sample = AvatarDataset(
-        tiny_subject, gendir, [("E001_Neutral_Eyes_Open", "000003")], ["400029"], config.data
+        prepared, [("E001_Neutral_Eyes_Open", "000003")], ["400029"], config.data, avatar.inputs
     )[0]
-    sample = dataclasses.replace(sample, cam="far", camera=_camera_looking_away("far"))
-    image, out = avatar.render_image(sample)
+    image, out = avatar.render_image(sample.drive, _camera_looking_away("far"))
     assert out.rays.opacity.max() == 0
     assert torch.allclose(image, torch.tensor([0.1, 0.5, 0.9]).expand_as(image))
     black = Avatar.from_gendir(gendir, config.model, config.render, "black")
-    assert black.background is None and black.render_image(sample)[0].abs().max() == 0
+    assert black.background is None
+    assert black.render_image(sample.drive, _camera_looking_away("far"))[0].abs().max() == 0
 
-    real = AvatarDataset(
-        tiny_subject, gendir, [("E001_Neutral_Eyes_Open", "000003")], ["400029"], config.data
-    )[0]
-    pixels = torch.tensor([[x, y] for y in range(real.mask.shape[0]) for x in range(real.mask.shape[1])])
-    colour = torch.rand(pixels.shape[0], 3)
-    masked, target = compared_colours(colour, real, pixels, "mask")
-    inside = real.mask.reshape(-1)
+    masking = Avatar.from_gendir(gendir, config.model, config.render, "mask").eval()
+    with torch.no_grad():
+        out = masking.render(sample.drive, sample.camera)
+    colour = out.rays.colour
+    masked, target = masking.compared_colours(out, sample.targets)
+    inside = sample.targets.mask.reshape(-1)
     assert inside.any() and (~inside).any()
     assert masked[~inside].abs().max() == 0 and target[~inside].abs().max() == 0
     assert torch.equal(masked[inside], colour[inside])
-    unmasked, _ = compared_colours(colour, real, pixels, "learned")
+    unmasked, _ = black.compared_colours(out, sample.targets)
     assert torch.equal(unmasked, colour)
 
 

@@ -10,9 +10,7 @@ import torch.nn.functional as F
 
 from npva.config import LossConfig
 from npva.errors import FormatError, NpvaError
-from npva.eval.ssim import ssim
-from npva.train import perceptual
-from npva.train.losses import (
+from npva.model.losses import (
     colour_error,
     compute_losses,
     depth_loss,
@@ -24,7 +22,9 @@ from npva.train.losses import (
     rgb_loss,
     smoothness_loss,
 )
-from npva.train.perceptual import lpips_vgg, make_perceptual_loss, shipped_st_lpips_weights, st_lpips
+from npva.quality import perceptual
+from npva.quality.perceptual import lpips_vgg, make_perceptual_loss, shipped_st_lpips_weights, st_lpips
+from npva.quality.ssim import ssim
 
 needs_st_lpips = pytest.mark.skipif(
     shipped_st_lpips_weights("vgg") is None, reason="stlpips-pytorch (shipped ST-LPIPS weights) not installed"

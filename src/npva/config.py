@@ -222,7 +222,7 @@ class TrainConfig:
     lr_decay: float = 0.1
     grad_clip: float | None = None  # largest global gradient norm; None: no clipping
     background: str = "learned"  # missed rays: "learned" colour per camera, "black" (published), "mask"
-    # A learned colour gain and bias per training camera (npva.train.avatar.CameraColour); cameras not
+    # A learned colour gain and bias per training camera (npva.model.avatar.CameraColour); cameras not
     # trained on see the avatar uncalibrated. Off in the published configuration.
     camera_colour: bool = False
     precision: str = "bf16"  # networks under autocast on CUDA: "bf16" or "fp32" (always fp32 on CPU)

@@ -19,11 +19,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from npva.data.samples import TrainSample
 from npva.geometry.raster import interpolate, rasterize_camera
 from npva.geometry.texture import sample_texture
 from npva.io.multiface import read_image, read_obj
 from npva.io.subject import SubjectLayout
-from npva.train.data import TrainSample
 
 
 def mesh_uv_image(layout: SubjectLayout, sample: TrainSample) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +32,7 @@ def mesh_uv_image(layout: SubjectLayout, sample: TrainSample) -> tuple[torch.Ten
     Returns uv (H, W, 2) float32 texture coordinates at the pixel centres (0 on background) and
     coverage (H, W) bool, on the device of sample.image.
     """
-    device = sample.image.device
+    device = sample.targets.image.device
     mesh = read_obj(layout.mesh_obj(sample.seq, sample.frame))
     verts = torch.as_tensor(mesh.verts, dtype=torch.float32, device=device)
     faces = torch.as_tensor(mesh.faces, dtype=torch.int64, device=device)

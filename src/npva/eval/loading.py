@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 
 from npva.config import ExperimentConfig
+from npva.data.prepared import PreparedSubject
+from npva.data.samples import AvatarDataset
 from npva.errors import MissingFileError, NpvaError
 from npva.io.splits import SIDES, split_cameras
 from npva.io.subject import SubjectLayout
-from npva.train.avatar import Avatar
+from npva.model.avatar import Avatar
 from npva.train.checkpoint import latest_checkpoint, load_avatar, load_checkpoint
-from npva.train.data import AvatarDataset, read_frames, select_cameras
 
 
 @dataclass
@@ -31,13 +32,20 @@ class EvalContext:
     config: ExperimentConfig
     checkpoint: Path
     step: int
-    subject: Path
-    gendir: Path
+    prepared: PreparedSubject
     device: torch.device
 
     @property
+    def subject(self) -> Path:
+        return self.prepared.root
+
+    @property
+    def gendir(self) -> Path:
+        return self.prepared.gendir.root
+
+    @property
     def layout(self) -> SubjectLayout:
-        return SubjectLayout(self.subject)
+        return self.prepared.layout
 
 
 def run_directory(checkpoint: Path) -> Path:
@@ -83,7 +91,7 @@ def open_checkpoint(
     device = torch.device(device)
     avatar, config = load_avatar(path, device)
     avatar.network.fold_batchnorm()  # evaluation only: one launch less per BatchNorm layer
-    return EvalContext(avatar, config, path, int(state["step"]), subject, gendir, device)
+    return EvalContext(avatar, config, path, int(state["step"]), PreparedSubject(subject, gendir), device)
 
 
 def parse_cameras(ctx: EvalContext, cameras: Sequence[str]) -> tuple[str, ...]:
@@ -98,15 +106,14 @@ def parse_cameras(ctx: EvalContext, cameras: Sequence[str]) -> tuple[str, ...]:
 def read_img_list(ctx: EvalContext, img_list: str | Path) -> list[tuple[str, str]]:
     """The (seq, frame) pairs `img_list` names: a "<seq> <frame>" list file, "all" (the subject's
     frame_list.txt) or a split name ("test", "train": the subject's split, see npva.io.splits)."""
-    return read_frames(ctx.subject, str(img_list))
+    return ctx.prepared.frames(str(img_list))
 
 
 def evaluation_dataset(ctx: EvalContext, img_list: str | Path, cameras: Sequence[str] = ()) -> AvatarDataset:
     """Samples of the (seq, frame) pairs of `img_list` (see read_img_list) seen from `cameras`
     (names, "test"/"train", or every camera), at the training size, without caching."""
     data = dataclasses.replace(ctx.config.data, image_cache="none")
-    names = select_cameras(ctx.subject, parse_cameras(ctx, cameras))
+    names = ctx.prepared.camera_names(parse_cameras(ctx, cameras))
     frames = read_img_list(ctx, img_list)
-    return AvatarDataset(
-        ctx.subject, ctx.gendir, frames, names, data, full_texture=ctx.config.render.texture_lookup
-    )
+    inputs = dataclasses.replace(ctx.avatar.inputs, point_map_size=0)  # no loss: no tracked point maps
+    return AvatarDataset(ctx.prepared, frames, names, data, inputs)

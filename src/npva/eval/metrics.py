@@ -46,24 +46,24 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from npva.data.samples import AvatarDataset, TrainSample
 from npva.errors import NpvaError
 from npva.eval.baseline import mouth_region, textured_mesh_image
 from npva.eval.loading import EvalContext, run_directory
-from npva.eval.ssim import SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW, ssim
 from npva.fileio import atomic_open
 from npva.io.multiface import read_krt
-from npva.train.data import AvatarDataset, TrainSample
-from npva.train.perceptual import (
+from npva.quality.perceptual import (
     ENV_WEIGHTS,
     ST_LPIPS_REQUIREMENT,
     lpips_vgg,
     shipped_st_lpips_weights,
     st_lpips,
 )
+from npva.quality.psnr import MSE_FLOOR, psnr
+from npva.quality.ssim import SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW, ssim
 
 log = logging.getLogger(__name__)
 
-MSE_FLOOR = 1e-10  # relative to peak^2: a perfect match reads 100 dB
 LEGACY_CAMERA = "400029"
 COVERAGE_OPACITY = 0.5  # npva-legacy: a pixel is rendered when its accumulated opacity exceeds this
 PERCEPTUAL_KEYS = ("lpips", "st_lpips")
@@ -165,16 +165,6 @@ def protocol_cameras(protocol: str, cameras: Sequence[str], krt: Path) -> tuple[
             f"list (it has {', '.join(known) or 'none'})"
         )
     return prescribed
-
-
-# ---- image metrics ---------------------------------------------------------------------------------
-
-
-def psnr(mse: float, peak: float = 1.0) -> float:
-    """10 log10(peak^2 / mse) in dB, mse floored at MSE_FLOOR * peak^2; NaN stays NaN."""
-    if math.isnan(mse):
-        return math.nan
-    return 10.0 * math.log10(peak**2 / max(mse, MSE_FLOOR * peak**2))
 
 
 # ---- perceptual metrics ----------------------------------------------------------------------------
@@ -321,8 +311,9 @@ def score_sample(
     ctx: EvalContext, sample: TrainSample, protocol: Protocol, baseline: bool, perceptual: PerceptualMetrics
 ) -> dict[str, Any]:
     """One CSV row: seq, frame, cam, pixel counts and "<subject>_<region>_<metric>" values."""
-    photo = sample.image.permute(1, 2, 0)  # (H, W, 3)
-    rendered, out = ctx.avatar.render_image(sample)
+    photo = sample.targets.image.permute(1, 2, 0)  # (H, W, 3)
+    mask = sample.targets.mask
+    rendered, out = ctx.avatar.render_image(sample.drive, sample.camera)
     renders = {"avatar": (rendered.clamp(0, 1), out.to_image(out.rays.opacity) > COVERAGE_OPACITY)}
     if baseline:
         background = ctx.avatar.background_colour(sample.cam)
@@ -330,15 +321,15 @@ def score_sample(
     row: dict[str, Any] = {"seq": sample.seq, "frame": sample.frame, "cam": sample.cam}
     if protocol.name == "npva-legacy":
         for subject, (image, coverage) in renders.items():
-            row[f"{subject}_kept_pixels"] = int((coverage & sample.mask).sum())
-            row.update(_columns(subject, legacy_scores(image, photo, coverage, sample.mask, perceptual)))
+            row[f"{subject}_kept_pixels"] = int((coverage & mask).sum())
+            row.update(_columns(subject, legacy_scores(image, photo, coverage, mask, perceptual)))
         return row
     regions = {
         "image": None,
-        "mask": sample.mask,
+        "mask": mask,
         "mouth": mouth_region(ctx.layout, sample, ctx.avatar.mouth),
     }
-    row["mask_pixels"], row["mouth_pixels"] = int(sample.mask.sum()), int(regions["mouth"].sum())
+    row["mask_pixels"], row["mouth_pixels"] = int(mask.sum()), int(regions["mouth"].sum())
     images = {subject: image for subject, (image, _) in renders.items()}
     for subject, scores in standard_scores(images, photo, regions, perceptual).items():
         row.update(_columns(subject, scores))
@@ -516,9 +507,9 @@ def run_settings(
     return {
         "name": protocol.name,
         **protocol.settings,
-        "cameras": list(dataset.krt),
+        "cameras": list(dataset.cameras),
         "image_size": "training size",
-        "image_scale": dataset.image_scale,
+        "image_scale": dataset.prepared.settings.image_scale,
         "latent": "z = mu (evaluation mode, no sampling jitter)",
         "rendered_colours": "clamped to [0, 1]",
         "background": ctx.avatar.background_mode,
@@ -541,10 +532,10 @@ def evaluate_checkpoint(
     baseline beside the avatar when `baseline`; writes metrics.csv and metrics.json into out_dir when
     given. Samples whose files cannot be read are skipped and listed in the report."""
     chosen = get_protocol(protocol)
-    if chosen.cameras and tuple(dataset.krt) != chosen.cameras:
+    if chosen.cameras and tuple(dataset.cameras) != chosen.cameras:
         raise NpvaError(
             f"the {protocol} protocol evaluates camera {', '.join(chosen.cameras)} only, the samples have "
-            f"{', '.join(dataset.krt)}"
+            f"{', '.join(dataset.cameras)}"
         )
     perceptual = PerceptualMetrics.load(ctx.device, lpips_weights, ctx.config.loss.lpips_weights)
     rows, skipped = [], list(dataset.skipped)

@@ -39,15 +39,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from npva.data.frames import FrameDrive
+from npva.data.samples import AvatarDataset, TrainSample
 from npva.eval.loading import EvalContext
 from npva.fileio import atomic_open, inside
+from npva.geometry.camera import Camera
 from npva.geometry.mesh import Mesh, to_world
 from npva.io.multiface import write_image, write_obj
-from npva.model.networks import coarse_map
-from npva.model.points import coarse_vertices_world, rasterize_guide
+from npva.model.avatar import Avatar
 from npva.model.render import FrameScene, RenderOutput, decode_at
-from npva.train.avatar import Avatar
-from npva.train.data import AvatarDataset, TrainSample
 
 MIN_OPACITY = 0.5  # rays less opaque than this have no depth
 
@@ -78,25 +78,6 @@ class RenderedSample:
 # Rendering
 
 
-@torch.no_grad()
-def guide_depth(avatar: Avatar, sample: TrainSample) -> torch.Tensor:
-    """(H, W) camera z of the decoded coarse mesh in the sample's camera, 0 = background.
-
-    The coarse map alone (encoder mean, coarse decoder), as Avatar.forward builds it for sampling.
-    """
-    mu, _ = avatar.network.encode(sample.texture[None], avatar.normalized_posmap(sample.posmap))
-    offset = avatar.network.coarse_decoder(mu.float()).float()
-    coarse = coarse_map(offset, avatar.mean_map, avatar.template.std)[0]
-    vertices = coarse_vertices_world(coarse, sample.R.to(coarse), sample.t.to(coarse))
-    return rasterize_guide(vertices, avatar.grid_faces, sample.camera)
-
-
-def pixels_of(mask: torch.Tensor) -> torch.Tensor:
-    """(H, W) bool -> (R, 2) long (x, y) of its true pixels, row by row."""
-    ys, xs = mask.nonzero(as_tuple=True)
-    return torch.stack((xs, ys), 1)
-
-
 def surface_depth(
     depth: torch.Tensor, opacity: torch.Tensor, min_opacity: float = MIN_OPACITY
 ) -> torch.Tensor:
@@ -107,36 +88,26 @@ def surface_depth(
 
 
 @torch.no_grad()
-def render_view(avatar: Avatar, sample: TrainSample, full: bool = False) -> RenderedView:
-    """Render `sample` (on the avatar's device) in evaluation mode.
+def render_view(avatar: Avatar, drive: FrameDrive, camera: Camera, full: bool = False) -> RenderedView:
+    """Render the frame of `drive` (on the avatar's device) from `camera` in evaluation mode.
 
-    full=False renders only the pixels the coarse mesh covers, found by a first pass through the
-    encoder and coarse decoder alone; the others get the background colour and no depth. With no
-    covered pixel at all, every pixel is rendered and then masked.
+    full=False renders only the pixels the coarse mesh covers (Avatar.render's "covered"); the others
+    get the background colour and no depth.
     """
     was_training = avatar.training
     avatar.eval()
     try:
-        if full:
-            out = avatar(sample)
-            covered = out.scene.guide_depth > 0
-        else:
-            covered = guide_depth(avatar, sample) > 0
-            out = avatar(sample, pixels_of(covered) if covered.any() else None)
+        out = avatar.render(drive, camera, "all" if full else "covered")
     finally:
         avatar.train(was_training)
-    height, width = covered.shape
-    background = avatar.background_colour(sample.cam)
+    covered = out.scene.guide_depth > 0
+    background = avatar.background_colour(camera.name)
     if background is None:
         background = torch.zeros(3, device=covered.device)
-    image = background.detach().to(covered.device).expand(height, width, 3).clone()
-    rx, ry = out.pixels[:, 0], out.pixels[:, 1]
-    image[ry, rx] = out.rays.colour
-    depth = torch.zeros(height, width, device=covered.device)
-    depth[ry, rx] = surface_depth(out.rays.depth, out.rays.opacity)
+    image = out.to_image(out.rays.colour)
+    depth = out.to_image(surface_depth(out.rays.depth, out.rays.opacity))
     if not full:
         image[~covered] = background.detach().to(covered.device)
-        depth[~covered] = 0
     return RenderedView(image=image, depth=depth, covered=covered, output=out)
 
 
@@ -307,7 +278,8 @@ def _write_frame_files(
 ) -> dict[str, Path]:
     """The per-frame files (coarse mesh, displacement map): the same from every camera."""
     out = view.output
-    mesh = coarse_mesh(out.scene.coarse_map, avatar.coverage, avatar.grid_faces, sample.R, sample.t)
+    drive = sample.drive
+    mesh = coarse_mesh(out.scene.coarse_map, avatar.coverage, avatar.grid_faces, drive.R, drive.t)
     files = {
         "coarse_mesh": folder / "coarse_mesh.obj",
         "displacement_npy": folder / "displacement.npy",
@@ -339,7 +311,7 @@ def _write_view_files(
     cam = sample.cam
     record = RenderedSample(sample.seq, sample.frame, cam)
     image = view.image.cpu().numpy()
-    photo = sample.image.permute(1, 2, 0).cpu().numpy()
+    photo = sample.targets.image.permute(1, 2, 0).cpu().numpy()
     depth = view.depth.cpu().numpy().astype(np.float32)
     record.depth_range_mm = depth_range(depth)
     files = record.files
@@ -385,7 +357,7 @@ def render_samples(
     frames_done: set[tuple[str, str]] = set()
     for index in tqdm(range(len(dataset)), desc="npva render", unit="image", disable=not progress):
         sample = dataset.load(index).to(ctx.device)
-        view = render_view(avatar, sample, full)
+        view = render_view(avatar, sample.drive, sample.camera, full)
         folder = inside(out_dir, out_dir / sample.seq / sample.frame)  # no symbolic link on the way
         record = _write_view_files(folder, view, sample, avatar, preview)
         if not preview and (sample.seq, sample.frame) not in frames_done:

@@ -32,22 +32,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from npva.errors import FormatError, MissingFileError, NpvaError
+from npva.errors import FormatError, NpvaError
 from npva.eval.loading import EvalContext, read_img_list
 from npva.fileio import atomic_path
 from npva.geometry.camera import Camera, look_at, pixel_rays
 from npva.geometry.mesh import to_world, vertex_normals
 from npva.geometry.raster import interpolate, rasterize_camera
 from npva.io.multiface import (
-    read_image,
-    read_image_size,
-    read_krt,
     read_obj,
     read_transform,
-    resize_image,
 )
-from npva.preprocess.gendir import GenDir, read_manifest, read_posmap
-from npva.train.data import TrainSample, image_tensor, training_size
 
 if TYPE_CHECKING:
     import av
@@ -67,37 +61,6 @@ def default_camera(names: Sequence[str]) -> str:
     if not names:
         raise NpvaError("the subject has no cameras")
     return DEFAULT_CAMERA if DEFAULT_CAMERA in names else names[0]
-
-
-def training_camera(ctx: EvalContext, name: str, frames: Sequence[tuple[str, str]]) -> Camera:
-    """Camera `name` of the subject at the training size.
-
-    KRT intrinsics refer to the photos on disk: the size comes from the photo of the first listed frame
-    that has one, else from any photo of that camera in the subject.
-    """
-    layout = ctx.layout
-    cameras = read_krt(layout.krt)
-    if name not in cameras:
-        raise NpvaError(f"{layout.krt}: no camera named {name} (known: {', '.join(cameras)})")
-    manifest = read_manifest(GenDir(ctx.gendir))
-    if manifest is None:
-        raise MissingFileError(GenDir(ctx.gendir).manifest, "preprocessing manifest (run npva preprocess)")
-    try:
-        scale = float(manifest["settings"]["image_scale"])
-    except (KeyError, TypeError, ValueError):
-        raise FormatError(GenDir(ctx.gendir).manifest, "expected settings.image_scale") from None
-    photo = next(
-        (p for seq, frame in frames if (p := layout.image(seq, name, frame)).is_file()),
-        None,
-    )
-    if photo is None:
-        photo = next(iter(sorted(layout.images_dir.glob(f"*/{name}/*.png"))), None)
-    if photo is None:
-        raise MissingFileError(
-            layout.images_dir / "<seq>" / name, f"photo of camera {name} (its size fixes the intrinsics)"
-        )
-    height, width = read_image_size(photo)
-    return cameras[name].with_size(height, width).resized(*training_size(height, width, scale))
 
 
 def rotation_about(axis: np.ndarray, angle: float) -> np.ndarray:
@@ -136,35 +99,6 @@ def head_centre(mean_map: torch.Tensor, coverage: torch.Tensor, R: np.ndarray, t
 
 # ---------------------------------------------------------------------------------------------------
 # Per frame
-
-
-def driving_sample(ctx: EvalContext, seq: str, frame: str, camera: Camera) -> TrainSample:
-    """What the avatar needs to render (seq, frame) in `camera`: average texture (also at its own size
-    with render.texture_lookup), position map and head pose (on ctx.device); image, mask and depth are
-    empty (zeros) of the camera's size."""
-    layout = ctx.layout
-    size = ctx.config.data.texture_size
-    full_texture = read_image(layout.average_texture(seq, frame))
-    texture = resize_image(full_texture, (size, size))
-    posmap = read_posmap(GenDir(ctx.gendir).posmap(seq, frame), ctx.avatar.mean_map.shape[-1])
-    R, t = read_transform(layout.transform(seq, frame))
-    height, width = camera.height, camera.width
-    sample = TrainSample(
-        index=0,
-        seq=seq,
-        frame=frame,
-        cam=camera.name,
-        camera=camera,
-        image=torch.zeros(3, height, width),
-        mask=torch.zeros(height, width, dtype=torch.bool),
-        depth=torch.zeros(height, width),
-        texture=image_tensor(texture),
-        posmap=torch.from_numpy(np.ascontiguousarray(posmap.transpose(2, 0, 1))),
-        R=torch.as_tensor(R, dtype=torch.float32),
-        t=torch.as_tensor(t, dtype=torch.float32),
-        full_texture=image_tensor(full_texture) if ctx.config.render.texture_lookup else None,
-    )
-    return sample.to(ctx.device)
 
 
 def shaded_mesh_image(
@@ -286,8 +220,8 @@ def make_video(
     frames = read_img_list(ctx, img_list)
     if not frames:
         raise NpvaError(f"{img_list}: no frames to replay")
-    name = camera or default_camera(list(read_krt(ctx.layout.krt)))
-    base = training_camera(ctx, name, frames)
+    name = camera or default_camera(list(ctx.prepared.cameras))
+    base = ctx.prepared.view_camera(name, frames)
     if orbit:
         R, t = read_transform(ctx.layout.transform(*frames[0]))
         centre = head_centre(ctx.avatar.mean_map, ctx.avatar.coverage, R, t)
@@ -326,8 +260,8 @@ def make_video(
 def _video_frame(ctx: EvalContext, seq: str, frame: str, camera: Camera, prmesh: bool) -> np.ndarray:
     """One video frame: uint8 (H', W', 3), the render (and the shaded tracked mesh), padded to even."""
     avatar = ctx.avatar
-    sample = driving_sample(ctx, seq, frame, camera)
-    image, _ = avatar.render_image(sample)
+    drive = ctx.prepared.drive(seq, frame, avatar.inputs).to(ctx.device)
+    image, _ = avatar.render_image(drive, camera)
     background = avatar.background_colour(camera.name)
     background = torch.zeros(3, device=ctx.device) if background is None else background.detach()
     panels = [image]

@@ -26,6 +26,7 @@ from npva.errors import FormatError, MissingFileError, NpvaError
 from npva.fileio import atomic_open, atomic_path
 from npva.geometry.camera import Camera
 from npva.geometry.mesh import Mesh
+from npva.io.subject import SubjectLayout
 
 ROTATION_TOLERANCE = 1e-3  # max |R R^T - I| accepted for rotations read from text files
 
@@ -737,3 +738,14 @@ def write_depth(path: str | Path, depth: np.ndarray) -> None:
             np.savez_compressed(f, depth=depth)
     else:
         raise ValueError(f"{path}: depth maps are written as .exr or .npz, not {path.suffix!r}")
+
+
+def load_world_verts(layout: SubjectLayout, seq: str, frame: str, num_verts: int) -> np.ndarray:
+    """(V, 3) world-frame vertices, from the .bin when present (fast), else the OBJ."""
+    bin_path = layout.mesh_bin(seq, frame)
+    if bin_path.is_file():
+        return read_bin(bin_path, num_verts)
+    verts = read_obj(layout.mesh_obj(seq, frame)).verts
+    if len(verts) != num_verts:
+        raise FormatError(layout.mesh_obj(seq, frame), f"expected {num_verts} vertices, got {len(verts)}")
+    return verts

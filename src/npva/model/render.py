@@ -30,7 +30,7 @@ from npva.model.blend import blend_neighbours, safe_rows
 from npva.model.compositing import composite
 from npva.model.decoding import inverse_distance_weights
 from npva.model.fast import kernels_enabled
-from npva.model.networks import AvatarNetwork, DecodedMaps, coarse_map
+from npva.model.networks import DecodedMaps, coarse_map
 from npva.model.points import (
     NeuralPoints,
     build_neural_points,
@@ -384,49 +384,3 @@ def _with_texture_colour(
     colour = sample_texture(texture, torch.einsum("nk,nkc->nc", weights, uv))  # (N, 3)
     colour = colour.to(features.dtype)[:, None, :].expand(-1, features.shape[1], -1)
     return torch.cat((features[..., :-3], colour), dim=-1)
-
-
-def render(
-    network: AvatarNetwork,
-    decoder: torch.nn.Module,
-    template: UVTemplate,
-    camera: Camera,
-    rotation: torch.Tensor,
-    translation: torch.Tensor,
-    cfg: RenderConfig,
-    *,
-    latent: torch.Tensor | None = None,
-    texture: torch.Tensor | None = None,
-    posmap_normalized: torch.Tensor | None = None,
-    pixels: torch.Tensor | None = None,
-    training: bool | None = None,
-    generator: torch.Generator | None = None,
-    background: torch.Tensor | None = None,
-) -> RenderOutput:
-    """Render one frame from one camera.
-
-    Either `latent` (1, Z, L, L), decoded directly (with `texture` when the model appends it to the
-    point features), or the encoder inputs `texture` (1, 3, T, T) and `posmap_normalized` (1, 3, S, S),
-    encoded then sampled (training mode) or taken at the mean.
-    pixels: (R, 2) long (x, y), default every pixel row by row. training: jitter the sampling bins;
-    default network.training. generator: for the latent sample and the jitter. background: see
-    render_rays.
-    """
-    if training is None:
-        training = network.training
-    mu = logstd = None
-    if latent is not None:
-        maps = network.decode(latent, texture)
-    elif texture is not None and posmap_normalized is not None:
-        out = network(texture, posmap_normalized, generator)
-        maps, mu, logstd = out.maps, out.mu, out.logstd
-    else:
-        raise ValueError("render needs a latent, or both texture and posmap_normalized")
-    lookup = texture[0] if cfg.texture_lookup and texture is not None else None
-    scene = build_scene(
-        maps, template, rotation, translation, camera, cfg, network.cfg.mask_points_outside_uv, lookup
-    )
-    if pixels is None:
-        pixels = all_pixels(camera.height, camera.width, scene.guide_depth.device)
-    rays = render_rays(scene, decoder, pixels, cfg, training, generator, background)
-    return RenderOutput(pixels=pixels, rays=rays, scene=scene, maps=maps, mu=mu, logstd=logstd)

@@ -25,13 +25,16 @@ from tqdm import tqdm
 
 from npva import __version__
 from npva.config import PreprocessConfig
+from npva.data import gendir as gd
+from npva.data.prepared import training_camera
 from npva.errors import FormatError, MissingFileError, NpvaError
 from npva.fileio import UnsafePathError, remove_temporaries
 from npva.geometry.camera import Camera
 from npva.geometry.mesh import to_face_frame
+from npva.geometry.posmap import PositionMapSampler
 from npva.geometry.raster import coverage_mask, rasterize_camera
 from npva.io.multiface import (
-    read_bin,
+    load_world_verts,
     read_depth,
     read_frame_list,
     read_image_size,
@@ -41,11 +44,9 @@ from npva.io.multiface import (
 )
 from npva.io.splits import split_frames
 from npva.io.subject import SubjectLayout
-from npva.preprocess import gendir as gd
 from npva.preprocess.uvlayout import (
     FaceAxes,
     MouthStretch,
-    PositionMapSampler,
     check_mouth,
     face_axes,
     grid_faces,
@@ -151,24 +152,6 @@ def photo_sizes(
     return sizes
 
 
-def _training_camera(camera: Camera, size: tuple[int, int], scale: float) -> Camera:
-    """`camera` for photos of size (H, W), resized by `scale` to the training size."""
-    height, width = size
-    trained = (max(1, round(height * scale)), max(1, round(width * scale)))
-    return camera.with_size(height, width).resized(*trained)
-
-
-def load_world_verts(layout: SubjectLayout, seq: str, frame: str, num_verts: int) -> np.ndarray:
-    """(V, 3) world-frame vertices, from the .bin when present (fast), else the OBJ."""
-    bin_path = layout.mesh_bin(seq, frame)
-    if bin_path.is_file():
-        return read_bin(bin_path, num_verts)
-    verts = read_obj(layout.mesh_obj(seq, frame)).verts
-    if len(verts) != num_verts:
-        raise FormatError(layout.mesh_obj(seq, frame), f"expected {num_verts} vertices, got {len(verts)}")
-    return verts
-
-
 def depth_folder(subject: Path, config: PreprocessConfig) -> Path:
     """Where imported depth lives: config.depth_dir, default SUBJECT/mvs_depth."""
     return Path(config.depth_dir) if config.depth_dir else SubjectLayout(subject).mvs_depth_dir
@@ -253,7 +236,7 @@ def _process_view(ctx, layout, out, verts, seq, cam, frame, camera) -> Summary:
             f"size {size[0]}x{size[1]} (HxW) differs from {expected[0]}x{expected[1]} "
             f"of camera {cam}'s photos",
         )
-    camera = _training_camera(camera, size, ctx.config.image_scale)
+    camera = training_camera(camera, size, ctx.config.image_scale)
     shape = (camera.height, camera.width)
     mask_path, depth_path = out.mask(seq, cam, frame), out.depth(seq, cam, frame)
     want_depth = ctx.config.depth != "none"

@@ -43,8 +43,8 @@ from torch import nn
 from npva.config import ExperimentConfig, merge_settings
 from npva.errors import FormatError, MissingFileError, NpvaError
 from npva.fileio import atomic_open, inside
+from npva.model.avatar import Avatar
 from npva.model.render import UVTemplate
-from npva.train.avatar import Avatar
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,7 @@ def load_avatar(path: Path, device: str | torch.device = "cpu") -> tuple[Avatar,
             background=config.train.background,
             camera_names=state["cameras"],
             camera_colour=config.train.camera_colour,
+            loss=config.loss,
         )
         avatar.load_state_dict(model_state)
     return avatar.to(device).eval(), config

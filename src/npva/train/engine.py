@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,16 +41,18 @@ from tqdm import tqdm
 
 from npva import __version__
 from npva.config import ExperimentConfig, save_config, to_dict
+from npva.data.gendir import GenDir
+from npva.data.prepared import PreparedSubject, read_settings
+from npva.data.samples import AvatarDataset, TrainSample, select_samples
 from npva.errors import MissingFileError, NonFiniteError, NpvaError
 from npva.fileio import atomic_open, remove_temporaries
 from npva.io.splits import subject_split
-from npva.model.points import point_texel_mask, upsample_coarse_map
-from npva.model.render import RenderOutput
-from npva.preprocess.gendir import GenDir, read_manifest
+from npva.model.avatar import PRECISIONS, Avatar, frame_inputs
+from npva.model.losses import LossTerms, colour_error
+from npva.quality.perceptual import make_perceptual_loss
+from npva.quality.psnr import psnr
 from npva.timing import STAGES, StageTimer, stage
 from npva.train import checkpoint as ckpt
-from npva.train.avatar import PRECISIONS, Avatar
-from npva.train.data import AvatarDataset, TrainSample, select_samples
 from npva.train.distributed import (
     DistributedContext,
     StepOrder,
@@ -64,8 +66,6 @@ from npva.train.distributed import (
     wrap_model,
 )
 from npva.train.gep import PHASES, GEPSampler
-from npva.train.losses import LossTerms, colour_error, compute_losses
-from npva.train.perceptual import make_perceptual_loss
 from npva.train.presets import presets_of_size
 
 log = logging.getLogger(__name__)
@@ -172,16 +172,23 @@ class TrainResult:
         return "\n".join(lines)
 
 
-def train(subject: Path, run_dir: Path, config: ExperimentConfig, gendir: Path | None = None) -> TrainResult:
+def train(
+    subject: Path,
+    run_dir: Path,
+    config: ExperimentConfig,
+    gendir: Path | None = None,
+    on_step: Callable[[int, Avatar], None] | None = None,
+) -> TrainResult:
     """Train (or resume) an avatar of a preprocessed subject in `run_dir`.
 
     gendir: the preprocessing output, default SUBJECT/gendir. Under torchrun, every process calls this
-    with the same arguments. Returns when the run is complete or train.stop_after steps are done.
+    with the same arguments. on_step(step, avatar) is called after every step (a live viewer).
+    Returns when the run is complete or train.stop_after steps are done.
     """
     ctx = init_distributed(config.train.device)
     try:
         with run_lock(Path(run_dir), ctx.is_main):
-            return Trainer(Path(subject), Path(run_dir), config, gendir, ctx).run()
+            return Trainer(Path(subject), Path(run_dir), config, gendir, ctx, on_step).run()
     finally:
         shutdown(ctx)
 
@@ -270,10 +277,12 @@ class Trainer:
         config: ExperimentConfig,
         gendir: Path | None,
         ctx: DistributedContext,
+        on_step: Callable[[int, Avatar], None] | None = None,
     ):
         check_settings(config)
         tc = config.train
         self.config, self.ctx, self.run_dir = config, ctx, run_dir
+        self.on_step = on_step
         self.device = ctx.device
         self.subject = Path(subject)
         self.gendir = Path(gendir) if gendir is not None else subject / "gendir"
@@ -284,18 +293,12 @@ class Trainer:
         # fastest (it may pick ones whose sums vary from run to run, so not under train.deterministic).
         torch.backends.cudnn.benchmark = self.device.type == "cuda" and not tc.deterministic
 
-        frames, cameras = select_samples(subject, config.data)
+        self.prepared = PreparedSubject(self.subject, self.gendir)
+        frames, cameras = select_samples(self.prepared, config.data)
         self.frames = frames
-        self.dataset = AvatarDataset(
-            subject,
-            self.gendir,
-            frames,
-            cameras,
-            config.data,
-            full_texture=config.render.texture_lookup,
-            point_map_size=config.model.point_map_size if config.loss.mouth_points_weight else 0,
-        )
-        self.cameras = list(self.dataset.krt)
+        inputs = frame_inputs(config.model, config.render, config.loss)
+        self.dataset = AvatarDataset(self.prepared, frames, cameras, config.data, inputs)
+        self.cameras = list(cameras)
         self.val_dataset, self.val_indices = (
             validation_set(subject, self.gendir, config, self.cameras) if ctx.is_main else (None, [])
         )
@@ -312,7 +315,14 @@ class Trainer:
         learned = tc.background == "learned"
         initial = initial_backgrounds(self.dataset, self.cameras) if learned and found is None else None
         self.avatar = Avatar.from_gendir(
-            self.gendir, config.model, config.render, tc.background, self.cameras, initial, tc.camera_colour
+            self.gendir,
+            config.model,
+            config.render,
+            tc.background,
+            self.cameras,
+            initial,
+            tc.camera_colour,
+            config.loss,
         ).to(self.device)
         if self.device.type == "cuda":
             self.avatar.autocast_dtype = PRECISIONS[tc.precision]
@@ -385,6 +395,8 @@ class Trainer:
             tick = now
             self._record(scalars)
             self.timing.add(scalars, phase)
+            if self.on_step is not None:
+                self.on_step(self.step, self.avatar)
             progress.update(1)
             progress.set_postfix(
                 loss=f"{scalars['loss']:.4f}", psnr=f"{scalars['psnr']:.2f}", phase=self.phase, refresh=False
@@ -474,16 +486,19 @@ class Trainer:
         phase = self.phase
         pixel_generator, render_generator = self._generators(self.step)
         with stage("data"):
-            pixels = self.gep.sample(sample.index, phase, sample.mask, pixel_generator).to(self.device)
+            pixels = self.gep.sample(sample.index, phase, sample.targets.mask, pixel_generator).to(
+                self.device
+            )
             sample = sample.to(self.device, non_blocking=True)
         self.model.train()
         try:
-            out = self.model(sample, pixels, render_generator)
+            out = self.model(sample.drive, sample.camera, pixels, render_generator)
         except NonFiniteError as exc:
             raise self._diverged(str(exc)) from None
-        colour, target = compared_colours(out.rays.colour, sample, pixels, self.config.train.background)
         with stage("losses"):
-            total, terms = self._losses(out, sample, pixels, colour, target, phase)
+            patch_shape = self.gep.patch_shape if phase == "patch" else None
+            total, terms = self.avatar.loss_terms(out, sample.targets, patch_shape, self.perceptual)
+            colour, target = self.avatar.compared_colours(out, sample.targets)
         with stage("backward"):
             grad_norm = self._update_parameters(total)
         errors = colour_error(colour.detach(), target)
@@ -498,50 +513,6 @@ class Trainer:
         }
         values = torch.stack([v.float().reshape(()) for v in named.values()]).tolist()
         return {**dict(zip(named, values, strict=True)), "rays": float(pixels.shape[0])}
-
-    def _losses(
-        self,
-        out: RenderOutput,
-        sample: TrainSample,
-        pixels: torch.Tensor,
-        colour: torch.Tensor,
-        target: torch.Tensor,
-        phase: str,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The weighted total and the named terms of a rendering of `sample` at pixels (R, 2), whose
-        rendered and photo colours (R, 3) the loss compares."""
-        xs, ys = pixels[:, 0], pixels[:, 1]
-        return compute_losses(
-            self.config.loss,
-            colour=colour,
-            target=target,
-            depth=out.rays.depth,
-            mvs_depth=sample.depth[ys, xs],
-            guide_depth=out.rays.guide_depth,
-            coarse=out.scene.coarse_map,
-            posmap=sample.posmap,
-            coverage=self.avatar.coverage,
-            mouth=self.avatar.mouth,
-            **self._mouth_points(out, sample),
-            displacement=out.maps.displacement[0],
-            mu=out.mu,
-            logstd=out.logstd,
-            patch_shape=self.gep.patch_shape if phase == "patch" else None,
-            perceptual=self.perceptual,
-        )
-
-    def _mouth_points(self, out: RenderOutput, sample: TrainSample) -> dict[str, torch.Tensor]:
-        """The inputs of the mouth-points term (none when it is off): the points before posing
-        (3, P, P), the tracked surface at their texels (3, P, P) and the mouth texels (P, P)."""
-        if not self.config.loss.mouth_points_weight:
-            return {}
-        displacement = out.maps.displacement[0]
-        size = displacement.shape[-1]
-        return {
-            "point_map": upsample_coarse_map(out.scene.coarse_map, size) + displacement,
-            "point_posmap": sample.point_posmap,
-            "point_mouth": point_texel_mask(self.avatar.coverage & self.avatar.mouth, size),
-        }
 
     def _update_parameters(self, total: torch.Tensor) -> torch.Tensor:
         """Backward pass, optional clipping, optimizer and scheduler steps; the gradient norm."""
@@ -745,14 +716,14 @@ def check_preprocessed(subject: Path, gendir: Path, config: ExperimentConfig) ->
     uv = config.model.posmap_size
     fitting = presets_of_size(uv)
     option = f"--preset {fitting[0]}" if fitting else f"--uv-size {uv}"
-    manifest = read_manifest(GenDir(gendir))
-    if manifest is None:
+    settings = read_settings(GenDir(gendir))
+    if settings is None:
         raise NpvaError(
             f"{subject} is not preprocessed ({gendir / 'manifest.json'} is missing): run "
             f"npva preprocess {subject} {option}"
             + (f" --gendir {gendir}" if gendir != subject / "gendir" else "")
         )
-    made = manifest.get("settings", {}).get("uv_size")
+    made = settings.uv_size
     if made != uv:
         raise NpvaError(
             f"{gendir} was preprocessed with --uv-size {made} but model.posmap_size is {uv}: run "
@@ -797,9 +768,10 @@ def validation_set(
         config.data, frames=tc.val_frames, cameras=tuple(tc.val_cameras or train_cameras), camera_split=False
     )
     try:
-        frames, cameras = select_samples(subject, data)
-        lookup = config.render.texture_lookup
-        dataset = AvatarDataset(subject, gendir, frames, cameras, data, full_texture=lookup)
+        prepared = PreparedSubject(subject, gendir)
+        frames, cameras = select_samples(prepared, data)
+        inputs = dataclasses.replace(frame_inputs(config.model, config.render, config.loss), point_map_size=0)
+        dataset = AvatarDataset(prepared, frames, cameras, data, inputs)
     except NpvaError as exc:
         log.warning("no validation: %s", exc)
         return None, []
@@ -817,28 +789,11 @@ def initial_backgrounds(dataset: AvatarDataset, cameras: Iterable[str]) -> torch
     colours = []
     for cam in cameras:
         sample = dataset[first[cam]]
-        outside = ~sample.mask
-        colour = sample.image[:, outside].mean(1) if outside.any() else torch.full((3,), 0.5)
+        outside = ~sample.targets.mask
+        image = sample.targets.image
+        colour = image[:, outside].mean(1) if outside.any() else torch.full((3,), 0.5)
         colours.append(colour)
     return torch.stack(colours)
-
-
-def compared_colours(
-    colour: torch.Tensor, sample: TrainSample, pixels: torch.Tensor, background: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rendered, photo) colours (R, 3) of pixels (R, 2) (x, y) as the loss compares them: with the
-    "mask" background both are zero outside the mask, so only pixels inside it count."""
-    xs, ys = pixels[:, 0], pixels[:, 1]
-    target = sample.image[:, ys, xs].T
-    if background == "mask":
-        inside = sample.mask[ys, xs, None].to(colour.dtype)
-        return colour * inside, target * inside
-    return colour, target
-
-
-def psnr(mse: torch.Tensor) -> torch.Tensor:
-    """10 log10(1 / mse) for colours in [0, 1] (mse floored at 1e-10)."""
-    return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
 @torch.no_grad()
@@ -851,10 +806,11 @@ def evaluate(
     samples, images = [], []
     for index in indices:
         sample = dataset[index].to(device)
-        rendered, _ = avatar.render_image(sample)
+        rendered, _ = avatar.render_image(sample.drive, sample.camera)
         rendered = rendered.clamp(0, 1).permute(2, 0, 1)  # (3, H, W)
-        squared = ((rendered - sample.image) ** 2).mean(0)  # (H, W)
-        inside = squared[sample.mask]
+        photo = sample.targets.image
+        squared = ((rendered - photo) ** 2).mean(0)  # (H, W)
+        inside = squared[sample.targets.mask]
         samples.append(
             {
                 "seq": sample.seq,
@@ -864,7 +820,7 @@ def evaluate(
                 "psnr_mask": float(psnr(inside.mean())) if inside.numel() else math.nan,
             }
         )
-        images.append(torch.cat((rendered, sample.image), 2).cpu())
+        images.append(torch.cat((rendered, photo), 2).cpu())
     mean = {key: float(np.nanmean([s[key] for s in samples])) for key in ("psnr_image", "psnr_mask")}
     return Validation(step=step, samples=samples, **mean), images
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from npva.config import ExperimentConfig, apply_overrides, load_config, merge_settings
-from npva.preprocess.gendir import GenDir, read_manifest
+from npva.data.gendir import GenDir
+from npva.data.prepared import read_settings
 
 # One frame per step on one process for a few hundred steps: BatchNorm would normalize each frame by its
 # own statistics, and a posterior starting at std 1 beside mu = 0.1 mu_raw makes z mostly noise, so the
@@ -131,9 +132,8 @@ def presets_of_size(posmap_size: int) -> list[str]:
 
 def preprocessed_preset(gendir: Path) -> str:
     """The preset a preprocessing output was made for (the one of its position map size), else full."""
-    manifest = read_manifest(GenDir(gendir))
-    uv_size = (manifest or {}).get("settings", {}).get("uv_size")
-    fitting = presets_of_size(uv_size) if isinstance(uv_size, int) else []
+    settings = read_settings(GenDir(gendir))
+    fitting = presets_of_size(settings.uv_size) if settings is not None else []
     return fitting[0] if fitting else "full"
 
 

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from npva.config import LossConfig
-from npva.eval.ssim import ssim
 from npva.model.networks import kl_divergence
+from npva.quality.ssim import ssim
 
 __all__ = [
     "LossTerms",

@@ -32,14 +32,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from npva.config import ModelConfig, RenderConfig
+from npva.config import LossConfig, ModelConfig, RenderConfig
+from npva.data.frames import FrameDrive, FrameInputs, ViewTargets
+from npva.data.gendir import GenDir, read_manifest, read_stats, read_uv_layout
 from npva.errors import NpvaError
+from npva.geometry.camera import Camera
 from npva.model.decoding import make_radiance_decoder
+from npva.model.losses import compute_losses
 from npva.model.networks import AvatarNetwork, DecodedMaps
+from npva.model.points import point_texel_mask, upsample_coarse_map
 from npva.model.render import RenderOutput, UVTemplate, all_pixels, build_scene, render_rays
-from npva.preprocess.gendir import GenDir, read_manifest, read_stats, read_uv_layout
 from npva.timing import stage
-from npva.train.data import TrainSample
 
 BACKGROUNDS = ("learned", "black", "mask")
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}  # train.precision -> autocast dtype of the networks
@@ -139,7 +142,8 @@ class Avatar(nn.Module):
     """AvatarNetwork + radiance decoder + background model + the subject's UV template.
 
     template: the mean position map (3, S, S), std, coverage (S, S) and UV grid mesh; mouth: (S, S)
-    bool texels excluded from the mesh loss. background: one of BACKGROUNDS; camera_names: the
+    bool texels excluded from the mesh loss; loss: the loss weights (what loss_terms computes and
+    which targets the avatar asks for). background: one of BACKGROUNDS; camera_names: the
     training cameras, which get a learned background colour ("learned" only; initial colours (N, 3)
     optional) and, with camera_colour, a learned colour calibration (CameraColour).
     """
@@ -154,6 +158,7 @@ class Avatar(nn.Module):
         camera_names: Sequence[str] = (),
         initial_background: torch.Tensor | None = None,
         camera_colour: bool = False,
+        loss: LossConfig | None = None,
     ):
         super().__init__()
         if background not in BACKGROUNDS:
@@ -181,6 +186,7 @@ class Avatar(nn.Module):
                 "it needs model.texture_features"
             )
         self.render_config = render
+        self.loss_config = loss or LossConfig()
         self.background_mode = background
         self.network = AvatarNetwork(model)
         self.decoder = make_radiance_decoder(render.decoder)
@@ -205,11 +211,12 @@ class Avatar(nn.Module):
         camera_names: Sequence[str] = (),
         initial_background: torch.Tensor | None = None,
         camera_colour: bool = False,
+        loss: LossConfig | None = None,
     ) -> Avatar:
         """An untrained avatar with the UV template and statistics of a preprocessed subject."""
         template, mouth = read_template(gendir)
         return cls(
-            model, render, template, mouth, background, camera_names, initial_background, camera_colour
+            model, render, template, mouth, background, camera_names, initial_background, camera_colour, loss
         )
 
     @property
@@ -231,56 +238,152 @@ class Avatar(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(self.mean_map.device.type, dtype=self.autocast_dtype)
 
-    def forward(
+    @property
+    def inputs(self) -> FrameInputs:
+        """What this avatar reads of each frame (see frame_inputs)."""
+        return frame_inputs(self.network.cfg, self.render_config, self.loss_config)
+
+    def render(
         self,
-        sample: TrainSample,
-        pixels: torch.Tensor | None = None,
+        drive: FrameDrive,
+        camera: Camera,
+        pixels: torch.Tensor | str | None = None,
         generator: torch.Generator | None = None,
     ) -> RenderOutput:
-        """Render `sample` (its camera, head pose and encoder inputs, on this module's device) at
-        pixels (R, 2) long (x, y), default every pixel. In training mode the latent code is sampled
-        and the sampling bins jittered, both from `generator` (on the same device); in evaluation mode
-        z = mu and no jitter."""
+        """Render the frame that `drive` describes (on this module's device) from `camera`.
+
+        pixels: (R, 2) long (x, y); None or "all": every pixel; "covered": the pixels the decoded
+        coarse mesh covers (its rasterized guide depth > 0), the others left to the background. In
+        training mode the latent code is sampled and the sampling bins jittered, both from `generator`
+        (on the same device); in evaluation mode z = mu and no jitter. This is the avatar's one
+        forward: calling the module (as DistributedDataParallel does) runs it.
+        """
         with stage("networks"):
             with self._network_precision():
-                mu, logstd = self.network.encode(sample.texture[None], self.normalized_posmap(sample.posmap))
+                mu, logstd = self.network.encode(drive.texture[None], self.normalized_posmap(drive.posmap))
             mu, logstd = mu.float(), logstd.float()
             z = self.network.latent(mu, logstd, generator)
             with self._network_precision():
-                maps = self.network.decode(z, sample.texture[None])
+                maps = self.network.decode(z, drive.texture[None])
             maps = DecodedMaps(*(m.float() for m in maps))
         cfg = self.render_config
         scene = build_scene(
             maps,
             self.template,
-            sample.R,
-            sample.t,
-            sample.camera,
+            drive.R,
+            drive.t,
+            camera,
             cfg,
             self.network.cfg.mask_points_outside_uv,
-            sample.full_texture,
+            drive.full_texture,
         )
-        if pixels is None:
-            pixels = all_pixels(sample.camera.height, sample.camera.width, self.mean_map.device)
-        background = self.background_colour(sample.cam)
+        if pixels is None or isinstance(pixels, str):
+            pixels = self._named_pixels(pixels or "all", scene.guide_depth)
+        background = self.background_colour(camera.name)
         rays = render_rays(
             scene, self.decoder, pixels, cfg, self.training, generator, background, self._network_precision
         )
         if self.camera_colour is not None:
-            rays.colour = calibrated(rays.colour, rays.opacity, background, *self.camera_colour(sample.cam))
+            rays.colour = calibrated(rays.colour, rays.opacity, background, *self.camera_colour(camera.name))
         return RenderOutput(pixels=pixels, rays=rays, scene=scene, maps=maps, mu=mu, logstd=logstd)
 
+    def forward(
+        self,
+        drive: FrameDrive,
+        camera: Camera,
+        pixels: torch.Tensor | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> RenderOutput:
+        """Avatar.render."""
+        return self.render(drive, camera, pixels, generator)
+
+    @staticmethod
+    def _named_pixels(name: str, guide_depth: torch.Tensor) -> torch.Tensor:
+        """(R, 2) long (x, y), row by row, of "all" pixels or those "covered" by guide_depth (H, W)."""
+        if name == "all":
+            return all_pixels(*guide_depth.shape, guide_depth.device)
+        if name == "covered":
+            ys, xs = (guide_depth > 0).nonzero(as_tuple=True)
+            return torch.stack((xs, ys), 1)
+        raise ValueError(f'pixels must be a tensor, "all" or "covered", got {name!r}')
+
     @torch.no_grad()
-    def render_image(self, sample: TrainSample) -> tuple[torch.Tensor, RenderOutput]:
-        """Every pixel of `sample`'s camera in evaluation mode: image (H, W, 3) and the render output.
+    def render_image(self, drive: FrameDrive, camera: Camera) -> tuple[torch.Tensor, RenderOutput]:
+        """Every pixel of `camera` in evaluation mode: image (H, W, 3) and the render output.
         The module's mode is restored afterwards."""
         was_training = self.training
         self.eval()
         try:
-            out = self(sample)
+            out = self.render(drive, camera)
         finally:
             self.train(was_training)
         return out.to_image(out.rays.colour), out
+
+    def compared_colours(self, out: RenderOutput, targets: ViewTargets) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rendered, photo) colours (R, 3) at the rendered pixels as the loss compares them: with the
+        "mask" background both are zero outside the mask, so only pixels inside it count."""
+        xs, ys = out.pixels[:, 0], out.pixels[:, 1]
+        colour, target = out.rays.colour, targets.image[:, ys, xs].T
+        if self.background_mode == "mask":
+            inside = targets.mask[ys, xs, None].to(colour.dtype)
+            return colour * inside, target * inside
+        return colour, target
+
+    def loss_terms(
+        self,
+        out: RenderOutput,
+        targets: ViewTargets,
+        patch_shape: tuple[int, int] | None = None,
+        perceptual: nn.Module | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted total loss (LossConfig weights) and the detached terms by name of a render
+        `out` against the view's `targets`. patch_shape (h, w): the rays form a patch, row by row (the
+        perceptual and SSIM terms); perceptual: the network of the perceptual term (a PerceptualLoss)."""
+        xs, ys = out.pixels[:, 0], out.pixels[:, 1]
+        colour, target = self.compared_colours(out, targets)
+        return compute_losses(
+            self.loss_config,
+            colour=colour,
+            target=target,
+            depth=out.rays.depth,
+            mvs_depth=targets.depth[ys, xs],
+            guide_depth=out.rays.guide_depth,
+            coarse=out.scene.coarse_map,
+            posmap=targets.posmap,
+            coverage=self.coverage,
+            mouth=self.mouth,
+            **self._mouth_points(out, targets),
+            displacement=out.maps.displacement[0],
+            mu=out.mu,
+            logstd=out.logstd,
+            patch_shape=patch_shape,
+            perceptual=perceptual,
+        )
+
+    def _mouth_points(self, out: RenderOutput, targets: ViewTargets) -> dict[str, torch.Tensor]:
+        """The inputs of the mouth-points term (none when it is off): the points before posing
+        (3, P, P), the tracked surface at their texels (3, P, P) and the mouth texels (P, P)."""
+        if not self.loss_config.mouth_points_weight:
+            return {}
+        displacement = out.maps.displacement[0]
+        size = displacement.shape[-1]
+        return {
+            "point_map": upsample_coarse_map(out.scene.coarse_map, size) + displacement,
+            "point_posmap": targets.point_posmap,
+            "point_mouth": point_texel_mask(self.coverage & self.mouth, size),
+        }
+
+
+def frame_inputs(model: ModelConfig, render: RenderConfig, loss: LossConfig) -> FrameInputs:
+    """What an avatar of these settings reads of each frame: the average texture at the encoder's
+    size, the position maps at theirs, the texture at its own size when the shading points look their
+    colour up in it, and the tracked mesh at the point map's size when the mouth-points loss is on."""
+    return FrameInputs(
+        texture_size=model.texture_size,
+        posmap_size=model.posmap_size,
+        full_texture=render.texture_lookup,
+        point_map_size=model.point_map_size if loss.mouth_points_weight else 0,
+    )
 
 
 def read_template(gendir: Path) -> tuple[UVTemplate, torch.Tensor]:

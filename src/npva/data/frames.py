@@ -1,0 +1,86 @@
+"""What one frame gives the avatar, and what one view gives the losses.
+
+`FrameDrive` is everything the avatar needs to render a frame from any camera: the frame's average
+texture, its tracked position map and its head pose. `ViewTargets` is what one camera's photo of that
+frame gives the losses: the photo, the tracked mesh's coverage mask, the MVS depth. `FrameInputs` is
+what an avatar declares it needs of each frame (`Avatar.inputs`), so that readers load just that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from typing import TypeVar
+
+import torch
+
+_T = TypeVar("_T")
+
+
+def _map_tensors(value: _T, fn: Callable[[torch.Tensor], torch.Tensor]) -> _T:
+    """The dataclass `value` with `fn` applied to each tensor field."""
+    tensors = {f.name: getattr(value, f.name) for f in fields(value)}
+    return replace(value, **{k: fn(v) for k, v in tensors.items() if isinstance(v, torch.Tensor)})
+
+
+@dataclass(frozen=True)
+class FrameInputs:
+    """What an avatar reads of each frame.
+
+    texture_size: side T of the average texture the encoder takes; posmap_size: side S of the
+    position maps; full_texture: also the average texture at its own size (the shading points look
+    their colour up in it); point_map_size: > 0 to load the tracked mesh's position map at the point
+    map's size as a target (the mouth-points loss), 0 not to.
+    """
+
+    texture_size: int
+    posmap_size: int
+    full_texture: bool = False
+    point_map_size: int = 0
+
+
+@dataclass
+class FrameDrive:
+    """The driving inputs of one frame.
+
+    texture (3, T, T) float32 in [0, 1]: the average texture at the encoder's size. posmap (3, S, S)
+    float32: the tracked mesh's position map in the face frame, mm. R (3, 3), t (3,) float32: head pose,
+    x_world = R x_face + t. full_texture (3, T', T'): the average texture at its own size, or None when
+    the avatar does not look colours up in it.
+    """
+
+    texture: torch.Tensor
+    posmap: torch.Tensor
+    R: torch.Tensor
+    t: torch.Tensor
+    full_texture: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> FrameDrive:
+        return _map_tensors(self, lambda v: v.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> FrameDrive:
+        return _map_tensors(self, lambda v: v.pin_memory())
+
+
+@dataclass
+class ViewTargets:
+    """What one camera's view of a frame gives the losses, at the training size (H, W).
+
+    image (3, H, W) float32 in [0, 1]: the photo. mask (H, W) bool: coverage of the tracked mesh.
+    depth (H, W) float32: camera z in mm, 0 where unknown (all 0 without depth). posmap (3, S, S): the
+    tracked position map (the mesh loss's target; the same tensor as the drive's). point_posmap
+    (3, P, P): the tracked mesh's position map at the point map's size, face frame, mm, NaN where the
+    mesh has no surface; None unless asked for (FrameInputs.point_map_size).
+    """
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    depth: torch.Tensor
+    posmap: torch.Tensor
+    point_posmap: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ViewTargets:
+        return _map_tensors(self, lambda v: v.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> ViewTargets:
+        return _map_tensors(self, lambda v: v.pin_memory())
