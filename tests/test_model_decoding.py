@@ -23,8 +23,11 @@ DECODERS = [RadianceDecoder, PointNeRFDecoder]
 NAN = float("nan")
 
 
+FEATURES = 4  # channels of the point features the small decoders take
+
+
 def small_config(**overrides) -> DecoderConfig:
-    values = dict(feature_dim=4, hidden=16, pointnerf_hidden=24)
+    values = dict(hidden=16, pointnerf_hidden=24)
     values.update(overrides)
     return DecoderConfig(**values)
 
@@ -134,7 +137,7 @@ def formula_reference(
 @pytest.mark.parametrize("decoder_class", DECODERS)
 def test_decoder_follows_the_method_with_inverse_distance_weights(decoder_class):
     torch.manual_seed(0)
-    decoder = decoder_class(small_config()).double()
+    decoder = decoder_class(small_config(), FEATURES).double()
     offsets_world = torch.tensor(
         [[1.0, 0.0, 0.0], [0.0, -2.0, 0.0], [0.0, 0.0, 4.0], [0.1, 0.0, 0.0]], dtype=torch.float64
     )
@@ -155,7 +158,7 @@ def test_decoder_follows_the_method_with_inverse_distance_weights(decoder_class)
 
 def test_lightweight_decoder_aggregates_before_decoding():
     """K neighbours give the same result as one neighbour holding their weighted means."""
-    decoder = RadianceDecoder(small_config()).double()
+    decoder = RadianceDecoder(small_config(), FEATURES).double()
     inputs = {k: v.double() if v.is_floating_point() else v for k, v in random_inputs(6, 5, 4).items()}
     weights = inverse_distance_weights(inputs["offsets_world"], inputs["valid"], 1e-6)
     mask = inputs["valid"].unsqueeze(-1)
@@ -172,7 +175,7 @@ def test_lightweight_decoder_aggregates_before_decoding():
 
 @pytest.mark.parametrize("decoder_class", DECODERS)
 def test_invalid_neighbours_do_not_affect_the_output(decoder_class):
-    decoder = decoder_class(small_config())
+    decoder = decoder_class(small_config(), FEATURES)
     inputs = random_inputs(16, 6, 4)
     sigma, rgb = decoder(**inputs)
     invalid = ~inputs["valid"]
@@ -193,7 +196,7 @@ def test_invalid_neighbours_do_not_affect_the_output(decoder_class):
 
 @pytest.mark.parametrize("decoder_class", DECODERS)
 def test_rows_without_neighbours_give_zero_and_outputs_stay_in_range(decoder_class):
-    decoder = decoder_class(small_config())
+    decoder = decoder_class(small_config(), FEATURES)
     inputs = random_inputs(32, 4, 4, seed=3)
     sigma, rgb = decoder(**inputs)
     assert sigma.shape == (32,) and rgb.shape == (32, 3)
@@ -206,7 +209,7 @@ def test_rows_without_neighbours_give_zero_and_outputs_stay_in_range(decoder_cla
 
 @pytest.mark.parametrize("decoder_class", DECODERS)
 def test_output_activations(decoder_class):
-    decoder = decoder_class(small_config())
+    decoder = decoder_class(small_config(), FEATURES)
     density_out, colour_out = decoder.density_mlp[-1], decoder.colour_mlp[-1]
     inputs = random_inputs(4, 3, 4)
     with torch.no_grad():
@@ -221,7 +224,7 @@ def test_output_activations(decoder_class):
 
 @pytest.mark.parametrize("decoder_class", DECODERS)
 def test_gradients_reach_every_parameter_features_and_offsets(decoder_class):
-    decoder = decoder_class(small_config())
+    decoder = decoder_class(small_config(), FEATURES)
     inputs = random_inputs(24, 5, 4, seed=1)
     for name in ("features", "offsets_world", "offsets_camera"):
         inputs[name].requires_grad_(True)
@@ -237,7 +240,7 @@ def test_gradients_reach_every_parameter_features_and_offsets(decoder_class):
 @pytest.mark.parametrize("decoder_class", DECODERS)
 def test_colour_residual_starts_at_the_blended_texture_colour(decoder_class):
     torch.manual_seed(0)
-    decoder = decoder_class(small_config(colour_residual=True))
+    decoder = decoder_class(small_config(colour_residual=True), FEATURES)
     inputs = random_inputs(16, 5, 4, seed=2)
     inputs["features"][..., 1:] = torch.rand(16, 5, 3)  # the last 3 channels: an RGB colour
     weights = inverse_distance_weights(inputs["offsets_world"], inputs["valid"], 1e-6)
@@ -252,10 +255,10 @@ def test_colour_residual_starts_at_the_blended_texture_colour(decoder_class):
         _, corrected = decoder(**inputs)
     assert (corrected[has_valid] - blended[has_valid]).abs().max() > 0.1
     assert (corrected >= -0.001).all() and (corrected <= 1.001).all()
-    plain = decoder_class(small_config())
+    plain = decoder_class(small_config(), FEATURES)
     assert plain.colour_mlp[-1].weight.abs().sum() > 0
     with pytest.raises(ConfigError, match="colour_residual needs an RGB colour"):
-        decoder_class(small_config(feature_dim=2, colour_residual=True))
+        decoder_class(small_config(colour_residual=True), 2)
 
 
 def test_published_widths_and_initialization():
@@ -279,13 +282,13 @@ def test_published_widths_and_initialization():
 
 
 def test_make_radiance_decoder_and_config_errors():
-    assert type(make_radiance_decoder(small_config())) is RadianceDecoder
-    assert type(make_radiance_decoder(small_config(variant="pointnerf"))) is PointNeRFDecoder
+    assert type(make_radiance_decoder(small_config(), FEATURES)) is RadianceDecoder
+    assert type(make_radiance_decoder(small_config(variant="pointnerf"), FEATURES)) is PointNeRFDecoder
     with pytest.raises(ConfigError, match="variant must be one of"):
         make_radiance_decoder(small_config(variant="nerf"))
-    decoder = RadianceDecoder(small_config())
+    decoder = RadianceDecoder(small_config(), FEATURES)
     inputs = random_inputs(3, 2, 5)
-    with pytest.raises(ConfigError, match="5 channels but DecoderConfig.feature_dim is 4"):
+    with pytest.raises(ConfigError, match="5 channels but the decoder takes 4"):
         decoder(**inputs)
     inputs = random_inputs(3, 2, 4)
     inputs["offsets_camera"] = inputs["offsets_camera"][:, :1]

@@ -33,7 +33,7 @@ MODEL = ModelConfig(
     displacement_channels=(8, 8, 8, 3),
     feature_channels=(8, 8, 8, 4),
 )
-DECODER = DecoderConfig(feature_dim=4, hidden=16, pointnerf_hidden=16)
+DECODER = DecoderConfig(hidden=16, pointnerf_hidden=16)
 RENDER = RenderConfig(sampling=SamplingConfig(probe_offset_px=2), decoder=DECODER, chunk_rays=1 << 16)
 POSE = (torch.eye(3), torch.tensor([0.0, 0.0, 10.0]))
 
@@ -55,7 +55,7 @@ def _camera(height: int = 24, width: int = 32, focal: float = 180.0):
 
 def _models(seed: int = 0):
     torch.manual_seed(seed)
-    return AvatarNetwork(MODEL), make_radiance_decoder(DECODER)
+    return AvatarNetwork(MODEL), make_radiance_decoder(DECODER, MODEL.point_feature_channels)
 
 
 def _encoder_inputs(seed: int = 1):
@@ -236,7 +236,7 @@ def test_densified_points_close_the_holes_of_a_stretched_layout():
     K = np.array([[600.0, 0, 24], [0, 600.0, 24], [0, 0, 1]])
     camera = look_at("front", np.array([0.0, 0, 400]), np.zeros(3), np.array([0, 1.0, 0]), K, 48, 48)
     band = torch.tensor([[x, y] for y in range(20, 30) for x in range(16, 32)])  # world y 1 to -11 mm
-    decoder = make_radiance_decoder(DECODER)
+    decoder = make_radiance_decoder(DECODER, MODEL.point_feature_channels)
     sampled = {}
     for spacing in (0.0, 2.0):
         cfg = replace(RENDER, densify_mm=spacing)

@@ -26,7 +26,7 @@ from npva.geometry.posmap import PositionMapSampler
 from npva.io.multiface import read_frame_list, read_image, read_krt, read_obj, write_image
 from npva.io.subject import SubjectLayout
 
-CONFIG = DataConfig(texture_size=32, image_cache="none")
+CONFIG = DataConfig(image_cache="none")
 INPUTS = FrameInputs(texture_size=32, posmap_size=32)
 
 
@@ -161,7 +161,7 @@ def test_depth_none_needs_no_depth_files(tiny_subject, gendir, frames, tmp_path)
 def test_image_cache_gives_the_direct_tensors(tiny_subject, gendir, frames, tmp_path, fmt):
     cameras = ["400029", "400048"]
     direct = _dataset(tiny_subject, gendir, frames[:2], cameras, CONFIG)
-    cached_config = DataConfig(texture_size=32, image_cache=fmt, cache_dir=str(tmp_path / "cache"))
+    cached_config = DataConfig(image_cache=fmt, cache_dir=str(tmp_path / "cache"))
     first = _dataset(tiny_subject, gendir, frames[:2], cameras, cached_config)
     for index in range(len(direct)):
         expected = direct[index]

@@ -16,6 +16,7 @@ from npva.config import (
     ExperimentConfig,
     apply_overrides,
     load_config,
+    merge_settings,
     save_config,
 )
 from npva.data.prepared import PreparedSubject
@@ -227,24 +228,28 @@ def test_set_overrides_are_typed_by_the_fields():
             apply_overrides(ExperimentConfig(), [bad])
 
 
-def test_presets_build_consistent_models():
-    for name in ("tiny", "demo", "full"):
-        config = preset_config(name)
-        assert config.data.texture_size == config.model.texture_size
-        assert config.render.decoder.feature_dim == config.model.point_feature_channels
+def test_the_full_preset_is_the_published_configuration():
     assert preset_config("full") == ExperimentConfig()
     assert yaml.safe_load(yaml.safe_dump(dataclasses.asdict(preset_config("tiny"))))  # plain data
 
 
-def test_decoder_feature_dim_must_count_the_texture_features():
-    config = apply_overrides(preset_config("tiny"), ["model.texture_features=true"])
+def _flat_template(config: ExperimentConfig) -> UVTemplate:
     size = config.model.posmap_size
-    template = UVTemplate.from_coverage(torch.zeros(3, size, size), 1.0, torch.ones(size, size))
-    mouth = torch.zeros(size, size, dtype=torch.bool)
-    with pytest.raises(NpvaError, match=r"feature_dim \(8\).*plus 3 for model.texture_features"):
-        Avatar(config.model, config.render, template, mouth, "black")
-    config = apply_overrides(config, ["render.decoder.feature_dim=11"])
-    assert Avatar(config.model, config.render, template, mouth, "black").decoder.cfg.feature_dim == 11
+    return UVTemplate.from_coverage(torch.zeros(3, size, size), 1.0, torch.ones(size, size))
+
+
+def _no_mouth(config: ExperimentConfig) -> torch.Tensor:
+    return torch.zeros(config.model.posmap_size, config.model.posmap_size, dtype=torch.bool)
+
+
+def test_decoder_feature_width_is_derived_from_the_point_features():
+    config = apply_overrides(preset_config("tiny"), ["model.texture_features=true"])
+    template, mouth = _flat_template(config), _no_mouth(config)
+    assert Avatar(config.model, config.render, template, mouth, "black").decoder.feature_dim == 8 + 3
+    with pytest.raises(NpvaError, match="render.decoder.feature_dim' is derived from model.feature_channels"):
+        apply_overrides(config, ["render.decoder.feature_dim=11"])
+    old = {"render": {"decoder": {"feature_dim": 11}}, "data": {"texture_size": 64}}
+    assert merge_settings(config, old) == config  # settings saved before they were derived still load
     plain = apply_overrides(preset_config("tiny"), ["render.decoder.colour_residual=true"])
     with pytest.raises(NpvaError, match="colour_residual .* needs model.texture_features"):
         Avatar(plain.model, plain.render, template, mouth, "black")
@@ -258,7 +263,6 @@ def test_decoder_feature_dim_must_count_the_texture_features():
 def test_mouth_points_term_and_texture_lookup_train_and_evaluate(tiny_subject, gendir, tmp_path):
     settings = [
         "model.texture_features=true",
-        "render.decoder.feature_dim=11",
         "render.texture_lookup=true",
         "train.epochs=1",
         "train.val_every=0",

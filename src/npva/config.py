@@ -90,7 +90,6 @@ class DecoderConfig:
     """Radiance decoding and compositing (method.md section 7)."""
 
     variant: str = "lightweight"  # or "pointnerf"
-    feature_dim: int = 32  # must equal ModelConfig.point_feature_channels
     feature_frequencies: int = 3  # PE_3 of the aggregated feature
     offset_frequencies: int = 5  # PE_5 of the 6-channel offset
     direction_frequencies: int = 4  # PE_4 of the ray direction
@@ -159,7 +158,6 @@ class DataConfig:
     frames: str = "train"  # split name (npva.io.splits), "all" or a path to a "<seq> <frame>" list
     cameras: tuple[str, ...] = ()  # cameras to train on; empty: every camera (the authors used 400029 only)
     camera_split: bool = False  # keep only the training cameras of the subject's split
-    texture_size: int = 1024  # side the average texture is resized to; must equal ModelConfig.texture_size
     image_cache: str = "png"  # photos resized to the training size kept on disk: "png", "npy" or "none"
     cache_dir: str | None = None  # where the cache lives; default <gendir>/image_cache
     skip_unreadable: bool = True  # a sample whose files cannot be read is replaced by the next readable one
@@ -256,6 +254,12 @@ class ExperimentConfig:
 
 # ---- settings as YAML and as `--set key=value` ------------------------------------------------------
 
+# Settings that are now derived (the texture's side from model.texture_size, the decoder's feature width
+# from the model's point features): settings files and checkpoints that still name them load without them.
+DERIVED_SETTINGS = {
+    "data.texture_size": "model.texture_size",
+    "render.decoder.feature_dim": "model.feature_channels and model.texture_features",
+}
 _TRUE_WORDS = ("true", "yes", "on", "1")
 _FALSE_WORDS = ("false", "no", "off", "0")
 _NONE_WORDS = ("none", "null", "~")
@@ -324,6 +328,8 @@ def _merge(config: Any, data: dict[str, Any], prefix: str = "") -> Any:
     changes = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else str(name)
+        if key in DERIVED_SETTINGS:
+            continue
         if name not in types_by_name:
             known = ", ".join(types_by_name)
             raise ValueError(f"unknown setting {key!r} (known here: {known})")
@@ -429,6 +435,8 @@ def _assign(config: Any, path: list[str], text: str, prefix: str = "") -> Any:
     types_by_name = _field_types(type(config))
     name = path[0]
     key = f"{prefix}.{name}" if prefix else name
+    if key in DERIVED_SETTINGS:
+        raise ValueError(f"{key!r} is derived from {DERIVED_SETTINGS[key]}: set those instead")
     if name not in types_by_name:
         where = f"{prefix} has" if prefix else "sections are"
         raise ValueError(f"unknown setting {key!r} ({where}: {', '.join(types_by_name)})")

@@ -169,12 +169,6 @@ class Avatar(nn.Module):
                 f"the position-map statistics are {tuple(template.mean_map.shape[-2:])} texels but "
                 f"model.posmap_size is {size}: preprocess with --uv-size {size} or change the model"
             )
-        if render.decoder.feature_dim != model.point_feature_channels:
-            raise NpvaError(
-                f"render.decoder.feature_dim ({render.decoder.feature_dim}) must equal the last entry of "
-                f"model.feature_channels ({model.feature_channels[-1]})"
-                + (", plus 3 for model.texture_features" if model.texture_features else "")
-            )
         if render.decoder.colour_residual and not model.texture_features:
             raise NpvaError(
                 "render.decoder.colour_residual corrects the texture colour of the point features: "
@@ -189,7 +183,7 @@ class Avatar(nn.Module):
         self.loss_config = loss or LossConfig()
         self.background_mode = background
         self.network = AvatarNetwork(model)
-        self.decoder = make_radiance_decoder(render.decoder)
+        self.decoder = make_radiance_decoder(render.decoder, model.point_feature_channels)
         self.background = (
             CameraBackground(camera_names, initial_background) if background == "learned" else None
         )

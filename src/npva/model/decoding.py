@@ -63,8 +63,10 @@ def leaky_mlp(widths: Sequence[int], leaky_slope: float, activate_last: bool) ->
     return nn.Sequential(*layers)
 
 
-def _check_decoder_config(cfg: DecoderConfig) -> None:
-    for name in ("feature_dim", "hidden", "pointnerf_hidden"):
+def _check_decoder_config(cfg: DecoderConfig, feature_dim: int) -> None:
+    if feature_dim <= 0:
+        raise ConfigError(f"a radiance decoder needs point features, got {feature_dim} channels")
+    for name in ("hidden", "pointnerf_hidden"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"DecoderConfig.{name} must be positive, got {getattr(cfg, name)}")
     for name in ("feature_frequencies", "offset_frequencies", "direction_frequencies"):
@@ -72,23 +74,27 @@ def _check_decoder_config(cfg: DecoderConfig) -> None:
             raise ConfigError(f"DecoderConfig.{name} must be >= 0, got {getattr(cfg, name)}")
     if cfg.min_distance_mm <= 0:
         raise ConfigError(f"DecoderConfig.min_distance_mm must be positive, got {cfg.min_distance_mm}")
-    if cfg.colour_residual and cfg.feature_dim < RGB_CHANNELS:
+    if cfg.colour_residual and feature_dim < RGB_CHANNELS:
         raise ConfigError(
-            f"DecoderConfig.colour_residual needs an RGB colour among the features, got {cfg.feature_dim}"
+            f"DecoderConfig.colour_residual needs an RGB colour among the features, got {feature_dim}"
         )
 
 
 class _NeighbourDecoder(nn.Module):
-    """What both decoders share: input checks, the shading code h and the output activations."""
+    """What both decoders share: input checks, the shading code h and the output activations.
 
-    def __init__(self, cfg: DecoderConfig):
+    feature_dim: channels of a neural point's feature (ModelConfig.point_feature_channels; 32 published).
+    """
+
+    def __init__(self, cfg: DecoderConfig, feature_dim: int = 32):
         super().__init__()
-        _check_decoder_config(cfg)
+        _check_decoder_config(cfg, feature_dim)
         self.cfg = cfg
+        self.feature_dim = feature_dim
         # h = [f, PE(f), PE(offset)]: 32 + 192 + 60 = 284 at the published sizes
         self.code_width = (
-            cfg.feature_dim
-            + encoded_width(cfg.feature_dim, cfg.feature_frequencies, include_input=False)
+            feature_dim
+            + encoded_width(feature_dim, cfg.feature_frequencies, include_input=False)
             + encoded_width(OFFSET_CHANNELS, cfg.offset_frequencies, include_input=False)
         )
         self.direction_width = encoded_width(
@@ -106,11 +112,8 @@ class _NeighbourDecoder(nn.Module):
         if features.dim() != 3:
             raise ValueError(f"features must have shape (N,K,C), got {tuple(features.shape)}")
         n, k, c = features.shape
-        if c != self.cfg.feature_dim:
-            raise ConfigError(
-                f"features have {c} channels but DecoderConfig.feature_dim is {self.cfg.feature_dim} "
-                "(it must equal ModelConfig.point_feature_channels)"
-            )
+        if c != self.feature_dim:
+            raise ConfigError(f"features have {c} channels but the decoder takes {self.feature_dim}")
         expected = {
             "offsets_world": (offsets_world, (n, k, 3)),
             "offsets_camera": (offsets_camera, (n, k, 3)),
@@ -192,8 +195,8 @@ class RadianceDecoder(_NeighbourDecoder):
     density MLP h -> hidden -> 1; colour MLP [h, PE_4(d)] -> hidden -> hidden -> hidden -> 3.
     """
 
-    def __init__(self, cfg: DecoderConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: DecoderConfig, feature_dim: int = 32):
+        super().__init__(cfg, feature_dim)
         self.density_mlp = leaky_mlp([self.code_width, cfg.hidden, 1], cfg.leaky_slope, False)
         self.colour_mlp = leaky_mlp(
             [self.code_width + self.direction_width, cfg.hidden, cfg.hidden, cfg.hidden, RGB_CHANNELS],
@@ -240,8 +243,8 @@ class PointNeRFDecoder(_NeighbourDecoder):
     [g, PE_4(d)] -> hidden -> hidden -> hidden -> 3.
     """
 
-    def __init__(self, cfg: DecoderConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: DecoderConfig, feature_dim: int = 32):
+        super().__init__(cfg, feature_dim)
         self.neighbour_mlp = leaky_mlp(
             [self.code_width, cfg.pointnerf_hidden, cfg.hidden], cfg.leaky_slope, True
         )
@@ -273,10 +276,10 @@ class PointNeRFDecoder(_NeighbourDecoder):
 DECODER_VARIANTS = {"lightweight": RadianceDecoder, "pointnerf": PointNeRFDecoder}
 
 
-def make_radiance_decoder(cfg: DecoderConfig) -> RadianceDecoder | PointNeRFDecoder:
-    """The decoder named by cfg.variant."""
+def make_radiance_decoder(cfg: DecoderConfig, feature_dim: int = 32) -> RadianceDecoder | PointNeRFDecoder:
+    """The decoder named by cfg.variant, for point features of feature_dim channels."""
     if cfg.variant not in DECODER_VARIANTS:
         raise ConfigError(
             f"DecoderConfig.variant must be one of {sorted(DECODER_VARIANTS)}, got {cfg.variant!r}"
         )
-    return DECODER_VARIANTS[cfg.variant](cfg)
+    return DECODER_VARIANTS[cfg.variant](cfg, feature_dim)

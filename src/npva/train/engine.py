@@ -682,11 +682,6 @@ class Trainer:
 def check_settings(config: ExperimentConfig) -> None:
     """NpvaError naming the settings when they contradict each other or are out of range."""
     tc = config.train
-    if config.data.texture_size != config.model.texture_size:
-        raise NpvaError(
-            f"data.texture_size ({config.data.texture_size}) must equal model.texture_size "
-            f"({config.model.texture_size})"
-        )
     if tc.precision not in PRECISIONS:
         raise NpvaError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {tc.precision!r}")
     minimum = {

@@ -44,9 +44,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "render": {
             "sampling": {"probe_offset_px": 1, "occupancy_voxel_mm": 2.0, "occupancy_reach_voxels": 2},
             "query": {"radius_mm": 8.0},
-            "decoder": {"feature_dim": 8, "hidden": 32, "pointnerf_hidden": 32},
+            "decoder": {"hidden": 32, "pointnerf_hidden": 32},
         },
-        "data": {"texture_size": 64, "image_cache": "none"},
+        "data": {"image_cache": "none"},
         "gep": {"error_rays": 900, "patch_size": 24},
         "train": {
             "epochs": 35,
@@ -85,12 +85,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "max_samples": 8,
             },
             "query": {"radius_mm": 5.0},
-            "decoder": {"feature_dim": 16 + 3, "hidden": 64, "pointnerf_hidden": 64, "colour_residual": True},
+            "decoder": {"hidden": 64, "pointnerf_hidden": 64, "colour_residual": True},
             # The synthetic layout stretches the lower neck (cells up to 16 mm) and the open mouth.
             "densify_mm": 6.0,
             "texture_lookup": True,
         },
-        "data": {"texture_size": 128},
         # The mouth texels follow the tracked mesh too: the appended texture is laid out on its surface,
         # and a short run does not learn their place from the photos alone. Against the smoothness term,
         # which pulls the open lips together, they need a weight well above the other texels'.
