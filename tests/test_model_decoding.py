@@ -240,7 +240,7 @@ def test_gradients_reach_every_parameter_features_and_offsets(decoder_class):
 @pytest.mark.parametrize("decoder_class", DECODERS)
 def test_colour_residual_starts_at_the_blended_texture_colour(decoder_class):
     torch.manual_seed(0)
-    decoder = decoder_class(small_config(colour_residual=True), FEATURES)
+    decoder = decoder_class(small_config(), FEATURES, colour_residual=True)
     inputs = random_inputs(16, 5, 4, seed=2)
     inputs["features"][..., 1:] = torch.rand(16, 5, 3)  # the last 3 channels: an RGB colour
     weights = inverse_distance_weights(inputs["offsets_world"], inputs["valid"], 1e-6)
@@ -257,8 +257,8 @@ def test_colour_residual_starts_at_the_blended_texture_colour(decoder_class):
     assert (corrected >= -0.001).all() and (corrected <= 1.001).all()
     plain = decoder_class(small_config(), FEATURES)
     assert plain.colour_mlp[-1].weight.abs().sum() > 0
-    with pytest.raises(ConfigError, match="colour_residual needs an RGB colour"):
-        decoder_class(small_config(colour_residual=True), 2)
+    with pytest.raises(ConfigError, match="colour residual needs an RGB colour"):
+        decoder_class(small_config(), 2, colour_residual=True)
 
 
 def test_published_widths_and_initialization():

@@ -137,13 +137,13 @@ def test_append_texture_averages_detail_finer_than_the_point_map():
 
 def test_point_feature_channels_count_the_appended_texture():
     assert ModelConfig().point_feature_channels == 32
-    assert ModelConfig(texture_features=True).point_feature_channels == 35
+    assert ModelConfig(texture="features").point_feature_channels == 35
     assert tiny_config().point_feature_channels == 8
-    assert tiny_config(texture_features=True).point_feature_channels == 11
+    assert tiny_config(texture="features").point_feature_channels == 11
 
 
 def test_texture_features_follow_the_decoded_ones_and_pass_gradients():
-    cfg = tiny_config(texture_features=True, texture_size=128, texture_channels=(8, 8))  # T = 2 P
+    cfg = tiny_config(texture="features", texture_size=128, texture_channels=(8, 8))  # T = 2 P
     net = AvatarNetwork(cfg).eval()
     texture, posmap = tiny_inputs(cfg)
     out = net(texture, posmap)
@@ -159,9 +159,9 @@ def test_texture_features_follow_the_decoded_ones_and_pass_gradients():
 
 
 def test_decoding_with_texture_features_needs_the_texture():
-    cfg = tiny_config(texture_features=True)
+    cfg = tiny_config(texture="features")
     z = torch.randn(1, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
-    with pytest.raises(ValueError, match="texture_features"):
+    with pytest.raises(ValueError, match="decoding needs the frame's average texture"):
         AvatarNetwork(cfg).decode(z)
 
 
@@ -365,7 +365,7 @@ def test_without_batchnorm_each_frame_is_encoded_and_decoded_on_its_own(batchnor
 
 
 def test_folded_batchnorm_computes_what_the_network_did_in_evaluation():
-    cfg = tiny_config(batchnorm=True, texture_features=True)
+    cfg = tiny_config(batchnorm=True, texture="features")
     torch.manual_seed(0)
     network = AvatarNetwork(cfg)
     texture, posmap = tiny_inputs(cfg, batch=2)

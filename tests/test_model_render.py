@@ -251,9 +251,7 @@ def test_densified_points_close_the_holes_of_a_stretched_layout():
 def test_texture_lookup_colours_shading_points_with_the_texture_at_their_blended_uv():
     network, _ = _models()
     maps = _leaf_maps(network)
-    cfg = replace(RENDER, texture_lookup=True)
-    with pytest.raises(ValueError, match="texture_lookup"):
-        build_scene(maps, _template(), *POSE, _camera(), cfg)
+    cfg = RENDER
     texture = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(3))
     scene = build_scene(maps, _template(), *POSE, _camera(), cfg, texture=texture)
     g = torch.Generator().manual_seed(4)

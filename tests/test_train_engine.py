@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from npva.config import (
 )
 from npva.data.prepared import PreparedSubject
 from npva.data.samples import AvatarDataset
-from npva.errors import FormatError, NpvaError
+from npva.errors import ConfigError, FormatError, NpvaError
 from npva.geometry.camera import look_at
 from npva.io.multiface import read_frame_list, write_frame_list
 from npva.io.subject import SubjectLayout
@@ -242,28 +243,50 @@ def _no_mouth(config: ExperimentConfig) -> torch.Tensor:
     return torch.zeros(config.model.posmap_size, config.model.posmap_size, dtype=torch.bool)
 
 
-def test_decoder_feature_width_is_derived_from_the_point_features():
-    config = apply_overrides(preset_config("tiny"), ["model.texture_features=true"])
-    template, mouth = _flat_template(config), _no_mouth(config)
-    assert Avatar(config.model, config.render, template, mouth, "black").decoder.feature_dim == 8 + 3
-    with pytest.raises(NpvaError, match="render.decoder.feature_dim' is derived from model.feature_channels"):
+@pytest.mark.parametrize(
+    ("mode", "width", "residual", "lookup"),
+    [
+        ("off", 8, False, False),
+        ("features", 11, False, False),
+        ("corrected", 11, True, False),
+        ("lookup", 11, True, True),
+    ],
+)
+def test_the_texture_mode_decides_the_decoder_and_the_inputs(mode, width, residual, lookup):
+    config = apply_overrides(preset_config("tiny"), [f"model.texture={mode}"])
+    avatar = Avatar(config.model, config.render, _flat_template(config), _no_mouth(config), "black")
+    assert avatar.decoder.feature_dim == width and avatar.decoder.colour_residual == residual
+    assert avatar.inputs.full_texture == lookup
+    with pytest.raises(
+        ConfigError, match="ModelConfig.texture must be one of off, features, corrected, lookup"
+    ):
+        Avatar(replace(config.model, texture="on"), config.render, _flat_template(config), _no_mouth(config))
+
+
+def test_retired_settings_are_refused_on_the_command_line_and_read_from_older_runs():
+    config = preset_config("tiny")
+    with pytest.raises(NpvaError, match="render.decoder.feature_dim' is no longer a setting: it is derived"):
         apply_overrides(config, ["render.decoder.feature_dim=11"])
+    with pytest.raises(
+        NpvaError, match="render.texture_lookup' is no longer a setting: it is a mode of model"
+    ):
+        apply_overrides(config, ["render.texture_lookup=true"])
     old = {"render": {"decoder": {"feature_dim": 11}}, "data": {"texture_size": 64}}
-    assert merge_settings(config, old) == config  # settings saved before they were derived still load
-    plain = apply_overrides(preset_config("tiny"), ["render.decoder.colour_residual=true"])
-    with pytest.raises(NpvaError, match="colour_residual .* needs model.texture_features"):
-        Avatar(plain.model, plain.render, template, mouth, "black")
-    config = apply_overrides(config, ["render.decoder.colour_residual=true"])
-    assert Avatar(config.model, config.render, template, mouth, "black").decoder.cfg.colour_residual
-    plain = apply_overrides(preset_config("tiny"), ["render.texture_lookup=true"])
-    with pytest.raises(NpvaError, match="texture_lookup .* needs model.texture_features"):
-        Avatar(plain.model, plain.render, template, mouth, "black")
+    assert merge_settings(config, old) == config  # derived now: dropped
+    switches = {
+        "model": {"texture_features": True},
+        "render": {"texture_lookup": False, "decoder": {"colour_residual": True}},
+    }
+    assert merge_settings(config, switches).model.texture == "corrected"
+    switches["render"]["texture_lookup"] = True
+    assert merge_settings(config, switches).model.texture == "lookup"
+    switches = {"model": {"texture_features": False}, "render": {"texture_lookup": False}}
+    assert merge_settings(config, switches) == config
 
 
 def test_mouth_points_term_and_texture_lookup_train_and_evaluate(tiny_subject, gendir, tmp_path):
     settings = [
-        "model.texture_features=true",
-        "render.texture_lookup=true",
+        "model.texture=lookup",
         "train.epochs=1",
         "train.val_every=0",
     ]
@@ -280,7 +303,7 @@ def test_mouth_points_term_and_texture_lookup_train_and_evaluate(tiny_subject, g
     assert faint["mouth_points"] == pytest.approx(full["mouth_points"]) and full["mouth_points"] > 0.1
     assert full["loss"] - faint["loss"] == pytest.approx(full["mouth_points"], rel=1e-4)
     assert full["grad_norm"] != faint["grad_norm"]
-    assert load_avatar(result.checkpoint)[0].render_config.texture_lookup
+    assert load_avatar(result.checkpoint)[0].inputs.full_texture
     # The evaluation commands give such an avatar the textures it looks its colours up in.
     frames = read_frame_list(SubjectLayout(tiny_subject).split_list("test"))[:2]
     frame_list = tmp_path / "frames.txt"

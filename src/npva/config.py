@@ -16,6 +16,8 @@ import yaml
 from npva.errors import FormatError, MissingFileError, NpvaError
 from npva.fileio import atomic_open
 
+TEXTURE_MODES = ("off", "features", "corrected", "lookup")  # ModelConfig.texture, each adding to the last
+
 
 @dataclass
 class ModelConfig:
@@ -43,10 +45,27 @@ class ModelConfig:
     # its own statistics, which erases what the latent says about the expression: off in tiny and demo.
     batchnorm: bool = True
     mask_points_outside_uv: bool = True  # drop points whose texel lies outside the UV islands
-    # Append the frame's average texture (resampled to the point map) to the decoded point features, so
-    # that the radiance decoder sees the driving texture directly and not only through the latent. Off in
-    # the published configuration; docs/model.md says when it helps.
-    texture_features: bool = False
+    # How the frame's average texture colours the avatar (docs/model.md), each mode adding to the last:
+    # "off" (published): through the latent only; "features": its RGB (resampled to the point map) is
+    # appended to the decoded point features; "corrected": the colour MLP corrects that RGB instead of
+    # making a colour of its own; "lookup": the RGB at a shading point is the texture at its own size,
+    # looked up at the UV blended from the point's neighbours.
+    texture: str = "off"
+
+    @property
+    def texture_features(self) -> bool:
+        """The point features end with the texture's RGB."""
+        return TEXTURE_MODES.index(self.texture) >= TEXTURE_MODES.index("features")
+
+    @property
+    def colour_residual(self) -> bool:
+        """The decoded colour corrects the texture's RGB of the point features."""
+        return TEXTURE_MODES.index(self.texture) >= TEXTURE_MODES.index("corrected")
+
+    @property
+    def texture_lookup(self) -> bool:
+        """A shading point's RGB feature channels are the full-size texture at its blended UV."""
+        return self.texture == "lookup"
 
     @property
     def point_feature_channels(self) -> int:
@@ -99,10 +118,6 @@ class DecoderConfig:
     density_shift: float = 1.0  # sigma = softplus(raw - shift)
     colour_margin: float = 0.001  # c = (1 + 2 margin) sigmoid(raw) - margin: 1.002 sigmoid - 0.001
     min_distance_mm: float = 1e-6  # inverse-distance weights use max(|p - x|, this)
-    # True: the last 3 feature channels are an RGB colour (model.texture_features) and the colour MLP
-    # corrects it: c = (1 + 2 margin) sigmoid(raw + logit of the blended colour) - margin, with the
-    # MLP's last layer starting at zero, so that the avatar starts as the textured surface.
-    colour_residual: bool = False
     last_delta: float = 1e10  # the last valid sample is made opaque
 
 
@@ -116,10 +131,6 @@ class RenderConfig:
     # (npva.model.points.densify_points), so that stretched parts of the UV layout (a neck, an open
     # mouth) keep no holes. 0: one point per texel, as published.
     densify_mm: float = 0.0
-    # True (needs model.texture_features): the RGB feature channels at a shading point are the frame's
-    # average texture, at its own size, looked up at the UV blended from the point's neighbours, as a mesh
-    # looks its texture up per pixel; False: the blend of the neighbours' colours at the point map's size.
-    texture_lookup: bool = False
     # Which implementation runs the hot operations (neighbour query, neighbour blending): "auto" the
     # Triton kernels of npva.model.fast on CUDA when triton is installed and deterministic algorithms are
     # off, else plain PyTorch; "torch" always plain PyTorch (the reference); "triton" the kernels or an
@@ -254,11 +265,15 @@ class ExperimentConfig:
 
 # ---- settings as YAML and as `--set key=value` ------------------------------------------------------
 
-# Settings that are now derived (the texture's side from model.texture_size, the decoder's feature width
-# from the model's point features): settings files and checkpoints that still name them load without them.
-DERIVED_SETTINGS = {
-    "data.texture_size": "model.texture_size",
-    "render.decoder.feature_dim": "model.feature_channels and model.texture_features",
+# Settings that are no longer set on their own, with what decides them now. Settings files and checkpoints
+# that still name them load: the derived ones are dropped, the texture switches become model.texture.
+RETIRED_SETTINGS = {
+    "data.texture_size": "derived from model.texture_size",
+    "render.decoder.feature_dim": "derived from model.feature_channels and model.texture",
+    **{
+        key: f"a mode of model.texture ({', '.join(TEXTURE_MODES)})"
+        for key in ("model.texture_features", "render.decoder.colour_residual", "render.texture_lookup")
+    },
 }
 _TRUE_WORDS = ("true", "yes", "on", "1")
 _FALSE_WORDS = ("false", "no", "off", "0")
@@ -328,7 +343,7 @@ def _merge(config: Any, data: dict[str, Any], prefix: str = "") -> Any:
     changes = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else str(name)
-        if key in DERIVED_SETTINGS:
+        if key in RETIRED_SETTINGS:
             continue
         if name not in types_by_name:
             known = ", ".join(types_by_name)
@@ -345,7 +360,37 @@ def merge_settings(config: Any, data: dict[str, Any]) -> Any:
     """`config` (a settings dataclass) with the nested dict `data` laid over it, typed by its fields.
 
     Raises ValueError naming the dotted key of an unknown setting or of a value of the wrong type."""
-    return _merge(config, data)
+    return _merge(config, _texture_mode_from_switches(data))
+
+
+def _texture_mode_from_switches(data: dict[str, Any]) -> dict[str, Any]:
+    """Settings `data` with the boolean texture switches of older runs (model.texture_features,
+    render.decoder.colour_residual, render.texture_lookup) turned into the model.texture mode they
+    meant; data without them is returned as it is."""
+    sections = {
+        "model": ("texture_features",),
+        "render": ("texture_lookup",),
+        "decoder": ("colour_residual",),
+    }
+    model, render = data.get("model"), data.get("render")
+    decoder = render.get("decoder") if isinstance(render, dict) else None
+    found = {
+        name: bool(section[name])
+        for key, section in (("model", model), ("render", render), ("decoder", decoder))
+        if isinstance(section, dict)
+        for name in sections[key]
+        if name in section
+    }
+    if not any(found.values()) or (isinstance(model, dict) and "texture" in model):
+        return data
+    mode = (
+        "lookup"
+        if found.get("texture_lookup")
+        else "corrected"
+        if found.get("colour_residual")
+        else "features"
+    )
+    return {**data, "model": {**(model if isinstance(model, dict) else {}), "texture": mode}}
 
 
 def load_config(path: str | Path, base: Any | None = None) -> Any:
@@ -365,7 +410,7 @@ def load_config(path: str | Path, base: Any | None = None) -> Any:
     if not isinstance(data, dict):
         raise FormatError(path, f"expected a mapping of settings sections, got {type(data).__name__}")
     try:
-        return _merge(base, data)
+        return merge_settings(base, data)
     except ValueError as exc:
         raise FormatError(path, str(exc)) from None
 
@@ -435,8 +480,8 @@ def _assign(config: Any, path: list[str], text: str, prefix: str = "") -> Any:
     types_by_name = _field_types(type(config))
     name = path[0]
     key = f"{prefix}.{name}" if prefix else name
-    if key in DERIVED_SETTINGS:
-        raise ValueError(f"{key!r} is derived from {DERIVED_SETTINGS[key]}: set those instead")
+    if key in RETIRED_SETTINGS:
+        raise ValueError(f"{key!r} is no longer a setting: it is {RETIRED_SETTINGS[key]}")
     if name not in types_by_name:
         where = f"{prefix} has" if prefix else "sections are"
         raise ValueError(f"unknown setting {key!r} ({where}: {', '.join(types_by_name)})")

@@ -169,21 +169,13 @@ class Avatar(nn.Module):
                 f"the position-map statistics are {tuple(template.mean_map.shape[-2:])} texels but "
                 f"model.posmap_size is {size}: preprocess with --uv-size {size} or change the model"
             )
-        if render.decoder.colour_residual and not model.texture_features:
-            raise NpvaError(
-                "render.decoder.colour_residual corrects the texture colour of the point features: "
-                "it needs model.texture_features"
-            )
-        if render.texture_lookup and not model.texture_features:
-            raise NpvaError(
-                "render.texture_lookup looks up the colour of the point features' RGB channels: "
-                "it needs model.texture_features"
-            )
         self.render_config = render
         self.loss_config = loss or LossConfig()
         self.background_mode = background
         self.network = AvatarNetwork(model)
-        self.decoder = make_radiance_decoder(render.decoder, model.point_feature_channels)
+        self.decoder = make_radiance_decoder(
+            render.decoder, model.point_feature_channels, model.colour_residual
+        )
         self.background = (
             CameraBackground(camera_names, initial_background) if background == "learned" else None
         )
@@ -235,7 +227,7 @@ class Avatar(nn.Module):
     @property
     def inputs(self) -> FrameInputs:
         """What this avatar reads of each frame (see frame_inputs)."""
-        return frame_inputs(self.network.cfg, self.render_config, self.loss_config)
+        return frame_inputs(self.network.cfg, self.loss_config)
 
     def render(
         self,
@@ -269,7 +261,7 @@ class Avatar(nn.Module):
             camera,
             cfg,
             self.network.cfg.mask_points_outside_uv,
-            drive.full_texture,
+            self._lookup_texture(drive),
         )
         if pixels is None or isinstance(pixels, str):
             pixels = self._named_pixels(pixels or "all", scene.guide_depth)
@@ -290,6 +282,14 @@ class Avatar(nn.Module):
     ) -> RenderOutput:
         """Avatar.render."""
         return self.render(drive, camera, pixels, generator)
+
+    def _lookup_texture(self, drive: FrameDrive) -> torch.Tensor | None:
+        """The full-size texture (3, T', T') the shading points look their colour up in, or None."""
+        if not self.network.cfg.texture_lookup:
+            return None
+        if drive.full_texture is None:
+            raise ValueError("model.texture is 'lookup': rendering needs the frame's full-size texture")
+        return drive.full_texture
 
     @staticmethod
     def _named_pixels(name: str, guide_depth: torch.Tensor) -> torch.Tensor:
@@ -368,14 +368,14 @@ class Avatar(nn.Module):
         }
 
 
-def frame_inputs(model: ModelConfig, render: RenderConfig, loss: LossConfig) -> FrameInputs:
+def frame_inputs(model: ModelConfig, loss: LossConfig) -> FrameInputs:
     """What an avatar of these settings reads of each frame: the average texture at the encoder's
     size, the position maps at theirs, the texture at its own size when the shading points look their
     colour up in it, and the tracked mesh at the point map's size when the mouth-points loss is on."""
     return FrameInputs(
         texture_size=model.texture_size,
         posmap_size=model.posmap_size,
-        full_texture=render.texture_lookup,
+        full_texture=model.texture_lookup,
         point_map_size=model.point_map_size if loss.mouth_points_weight else 0,
     )
 

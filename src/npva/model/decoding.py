@@ -63,7 +63,7 @@ def leaky_mlp(widths: Sequence[int], leaky_slope: float, activate_last: bool) ->
     return nn.Sequential(*layers)
 
 
-def _check_decoder_config(cfg: DecoderConfig, feature_dim: int) -> None:
+def _check_decoder_config(cfg: DecoderConfig, feature_dim: int, colour_residual: bool) -> None:
     if feature_dim <= 0:
         raise ConfigError(f"a radiance decoder needs point features, got {feature_dim} channels")
     for name in ("hidden", "pointnerf_hidden"):
@@ -74,23 +74,26 @@ def _check_decoder_config(cfg: DecoderConfig, feature_dim: int) -> None:
             raise ConfigError(f"DecoderConfig.{name} must be >= 0, got {getattr(cfg, name)}")
     if cfg.min_distance_mm <= 0:
         raise ConfigError(f"DecoderConfig.min_distance_mm must be positive, got {cfg.min_distance_mm}")
-    if cfg.colour_residual and feature_dim < RGB_CHANNELS:
-        raise ConfigError(
-            f"DecoderConfig.colour_residual needs an RGB colour among the features, got {feature_dim}"
-        )
+    if colour_residual and feature_dim < RGB_CHANNELS:
+        raise ConfigError(f"a colour residual needs an RGB colour among the features, got {feature_dim}")
 
 
 class _NeighbourDecoder(nn.Module):
     """What both decoders share: input checks, the shading code h and the output activations.
 
     feature_dim: channels of a neural point's feature (ModelConfig.point_feature_channels; 32 published).
+    colour_residual: the last 3 feature channels are an RGB colour (the texture's) and the colour MLP
+    corrects it: c = (1 + 2 margin) sigmoid(raw + logit of the blended colour) - margin, with the MLP's
+    last layer starting at zero, so that the avatar starts as the textured surface
+    (ModelConfig.colour_residual; off in the published configuration).
     """
 
-    def __init__(self, cfg: DecoderConfig, feature_dim: int = 32):
+    def __init__(self, cfg: DecoderConfig, feature_dim: int = 32, colour_residual: bool = False):
         super().__init__()
-        _check_decoder_config(cfg, feature_dim)
+        _check_decoder_config(cfg, feature_dim, colour_residual)
         self.cfg = cfg
         self.feature_dim = feature_dim
+        self.colour_residual = colour_residual
         # h = [f, PE(f), PE(offset)]: 32 + 192 + 60 = 284 at the published sizes
         self.code_width = (
             feature_dim
@@ -160,7 +163,7 @@ class _NeighbourDecoder(nn.Module):
         base: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """sigma = softplus(raw - shift), rgb = (1 + 2m) sigmoid(raw) - m; zero on empty rows. With a
-        base colour (N,3) (cfg.colour_residual), its logit is added to raw first.
+        base colour (N,3) (colour_residual), its logit is added to raw first.
 
         code: (N,D); ray_dirs: (N,3); has_valid: (N,) bool. Returns sigma (N,), rgb (N,3).
         """
@@ -176,15 +179,15 @@ class _NeighbourDecoder(nn.Module):
         return torch.where(has_valid, sigma, 0.0), torch.where(has_valid.unsqueeze(-1), rgb, 0.0)
 
     def _colour_base(self, weights: torch.Tensor, features: torch.Tensor) -> torch.Tensor | None:
-        """With cfg.colour_residual the blended RGB of the last feature channels (N,3), else None.
+        """With colour_residual the blended RGB of the last feature channels (N,3), else None.
         weights (N,K), features (N,K,C) masked."""
-        if not self.cfg.colour_residual:
+        if not self.colour_residual:
             return None
         return torch.einsum("nk,nkc->nc", weights, features[..., -RGB_CHANNELS:])
 
     def _start_at_base(self) -> None:
-        """With cfg.colour_residual, zero the colour MLP's last weights: the colour starts as the base."""
-        if self.cfg.colour_residual:
+        """With colour_residual, zero the colour MLP's last weights: the colour starts as the base."""
+        if self.colour_residual:
             nn.init.zeros_(self.colour_mlp[-1].weight)
 
 
@@ -195,8 +198,8 @@ class RadianceDecoder(_NeighbourDecoder):
     density MLP h -> hidden -> 1; colour MLP [h, PE_4(d)] -> hidden -> hidden -> hidden -> 3.
     """
 
-    def __init__(self, cfg: DecoderConfig, feature_dim: int = 32):
-        super().__init__(cfg, feature_dim)
+    def __init__(self, cfg: DecoderConfig, feature_dim: int = 32, colour_residual: bool = False):
+        super().__init__(cfg, feature_dim, colour_residual)
         self.density_mlp = leaky_mlp([self.code_width, cfg.hidden, 1], cfg.leaky_slope, False)
         self.colour_mlp = leaky_mlp(
             [self.code_width + self.direction_width, cfg.hidden, cfg.hidden, cfg.hidden, RGB_CHANNELS],
@@ -231,7 +234,7 @@ class RadianceDecoder(_NeighbourDecoder):
         mean_feature f̄ (N, C), mean_offset delta (N, 6) [world; camera], has_valid (N,) bool (rows
         without a neighbour give zeros), ray_dirs (N, 3). `forward` blends and then calls this."""
         code = self._shading_code(mean_feature, mean_offset)
-        base = mean_feature[:, -RGB_CHANNELS:] if self.cfg.colour_residual else None
+        base = mean_feature[:, -RGB_CHANNELS:] if self.colour_residual else None
         return self._radiance(self.density_mlp, self.colour_mlp, code, ray_dirs, has_valid, base)
 
 
@@ -243,8 +246,8 @@ class PointNeRFDecoder(_NeighbourDecoder):
     [g, PE_4(d)] -> hidden -> hidden -> hidden -> 3.
     """
 
-    def __init__(self, cfg: DecoderConfig, feature_dim: int = 32):
-        super().__init__(cfg, feature_dim)
+    def __init__(self, cfg: DecoderConfig, feature_dim: int = 32, colour_residual: bool = False):
+        super().__init__(cfg, feature_dim, colour_residual)
         self.neighbour_mlp = leaky_mlp(
             [self.code_width, cfg.pointnerf_hidden, cfg.hidden], cfg.leaky_slope, True
         )
@@ -276,10 +279,13 @@ class PointNeRFDecoder(_NeighbourDecoder):
 DECODER_VARIANTS = {"lightweight": RadianceDecoder, "pointnerf": PointNeRFDecoder}
 
 
-def make_radiance_decoder(cfg: DecoderConfig, feature_dim: int = 32) -> RadianceDecoder | PointNeRFDecoder:
-    """The decoder named by cfg.variant, for point features of feature_dim channels."""
+def make_radiance_decoder(
+    cfg: DecoderConfig, feature_dim: int = 32, colour_residual: bool = False
+) -> RadianceDecoder | PointNeRFDecoder:
+    """The decoder named by cfg.variant, for point features of feature_dim channels (see
+    _NeighbourDecoder for colour_residual)."""
     if cfg.variant not in DECODER_VARIANTS:
         raise ConfigError(
             f"DecoderConfig.variant must be one of {sorted(DECODER_VARIANTS)}, got {cfg.variant!r}"
         )
-    return DECODER_VARIANTS[cfg.variant](cfg, feature_dim)
+    return DECODER_VARIANTS[cfg.variant](cfg, feature_dim, colour_residual)

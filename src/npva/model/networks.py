@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from npva.config import ModelConfig
+from npva.config import TEXTURE_MODES, ModelConfig
 from npva.errors import ConfigError
 from npva.model.init import leaky_gain, xavier_init
 
@@ -31,6 +31,10 @@ IMAGE_CHANNELS = 3  # RGB texture, xyz position map, xyz coarse offset and displ
 
 
 def _check_positive(cfg: ModelConfig) -> None:
+    if cfg.texture not in TEXTURE_MODES:
+        raise ConfigError(
+            f"ModelConfig.texture must be one of {', '.join(TEXTURE_MODES)}, got {cfg.texture!r}"
+        )
     for name in ("texture_size", "posmap_size", "point_map_size", "latent_channels", "latent_size"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"ModelConfig.{name} must be positive, got {getattr(cfg, name)}")
@@ -379,11 +383,14 @@ class AvatarNetwork(nn.Module):
 
     def decode(self, z: torch.Tensor, texture: torch.Tensor | None = None) -> DecodedMaps:
         """z (B,Z,L,L) -> the three UV maps. texture (B,3,T,T), the encoder's average texture, is needed
-        with cfg.texture_features: the point features are then the decoded ones followed by its RGB."""
+        with cfg.texture_features (model.texture not "off"): the point features are then the decoded ones
+        followed by its RGB."""
         features = self.feature_decoder(z)
         if self.cfg.texture_features:
             if texture is None:
-                raise ValueError("model.texture_features is on: decoding needs the frame's average texture")
+                raise ValueError(
+                    f"model.texture is {self.cfg.texture!r}: decoding needs the frame's average texture"
+                )
             features = append_texture(features, texture)
         return DecodedMaps(
             coarse_offset=self.coarse_decoder(z),

@@ -88,7 +88,7 @@ class FrameScene:
     points: the neural points (differentiable positions and features).
     index, occupancy: built on the detached point positions.
     texture: (3, T, T) the frame's average texture when the shading points look their colour up in it
-        (RenderConfig.texture_lookup), else None.
+        (ModelConfig.texture "lookup"), else None.
     fast: the neighbour blending runs as the Triton kernel (RenderConfig.kernels).
     """
 
@@ -162,11 +162,10 @@ def build_scene(
 
     maps: decoded maps of one frame (batch of 1); rotation (3, 3), translation (3,): head pose,
     x_world = R x_face + t; camera with its image size; mask_points keeps only the points whose texel
-    lies inside the UV islands; texture (3, T, T): the frame's average texture, needed with
-    cfg.texture_lookup.
+    lies inside the UV islands; texture (3, T, T): the frame's average texture, given when the shading
+    points look their colour up in it (the RGB feature channels then come from it; ModelConfig.texture
+    "lookup"), else None.
     """
-    if cfg.texture_lookup and texture is None:
-        raise ValueError("render.texture_lookup is on: rendering needs the frame's average texture")
     if maps.coarse_offset.shape[0] != 1:
         raise ValueError(f"one frame per rendering, got a batch of {maps.coarse_offset.shape[0]}")
     device, dtype = maps.coarse_offset.device, maps.coarse_offset.dtype
@@ -197,7 +196,7 @@ def build_scene(
         )
         sampling = cfg.sampling
         occupancy = OccupancyGrid(detached, sampling.occupancy_voxel_mm, sampling.occupancy_reach_voxels)
-    lookup = texture.to(device=device, dtype=dtype) if cfg.texture_lookup else None
+    lookup = None if texture is None else texture.to(device=device, dtype=dtype)
     return FrameScene(camera, coarse, guide_depth, points, index, occupancy, lookup, fast)
 
 

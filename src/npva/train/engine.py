@@ -296,7 +296,7 @@ class Trainer:
         self.prepared = PreparedSubject(self.subject, self.gendir)
         frames, cameras = select_samples(self.prepared, config.data)
         self.frames = frames
-        inputs = frame_inputs(config.model, config.render, config.loss)
+        inputs = frame_inputs(config.model, config.loss)
         self.dataset = AvatarDataset(self.prepared, frames, cameras, config.data, inputs)
         self.cameras = list(cameras)
         self.val_dataset, self.val_indices = (
@@ -765,7 +765,7 @@ def validation_set(
     try:
         prepared = PreparedSubject(subject, gendir)
         frames, cameras = select_samples(prepared, data)
-        inputs = dataclasses.replace(frame_inputs(config.model, config.render, config.loss), point_map_size=0)
+        inputs = dataclasses.replace(frame_inputs(config.model, config.loss), point_map_size=0)
         dataset = AvatarDataset(prepared, frames, cameras, data, inputs)
     except NpvaError as exc:
         log.warning("no validation: %s", exc)

@@ -75,7 +75,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "coarse_channels": [32, 16, 3],
             "displacement_channels": [32, 16, 8, 8, 3],
             "feature_channels": [64, 32, 16, 16, 16],
-            "texture_features": True,
+            "texture": "lookup",
         },
         "render": {
             "sampling": {
@@ -85,17 +85,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "max_samples": 8,
             },
             "query": {"radius_mm": 5.0},
-            "decoder": {"hidden": 64, "pointnerf_hidden": 64, "colour_residual": True},
+            "decoder": {"hidden": 64, "pointnerf_hidden": 64},
             # The synthetic layout stretches the lower neck (cells up to 16 mm) and the open mouth.
             "densify_mm": 6.0,
-            "texture_lookup": True,
         },
         # The mouth texels follow the tracked mesh too: the appended texture is laid out on its surface,
         # and a short run does not learn their place from the photos alone. Against the smoothness term,
         # which pulls the open lips together, they need a weight well above the other texels'.
         # At the point map's size the mouth's points follow it as well (the coarse map, a quarter of that
         # size, cannot hold the lips' edges), and their colour is looked up in the texture where each
-        # shading point lies on it (render.texture_lookup).
+        # shading point lies on it (model.texture "lookup").
         # SSIM on the patches keeps edges that the colour error alone blurs (teeth, lips, eyes).
         "loss": {"mesh_mouth_weight": 10.0, "mouth_points_weight": 0.3, "ssim_weight": 3.0},
         "gep": {"grid_stride_x": 4, "grid_stride_y": 4, "error_rays": 2500, "patch_size": 64},
