@@ -75,7 +75,7 @@ def flops_per_shading_point(decoder: nn.Module, cfg: DecoderConfig, k: int) -> f
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=generator)
 
-    inputs = (rand(n, k, cfg.feature_dim), rand(n, k, 3), rand(n, k, 3))
+    inputs = (rand(n, k, decoder.feature_dim), rand(n, k, 3), rand(n, k, 3))
     valid = torch.ones(n, k, dtype=torch.bool)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         decoder(*inputs, valid, torch.nn.functional.normalize(rand(n, 3), dim=-1))
@@ -171,7 +171,7 @@ def print_cuda_timings(model_cfg: ModelConfig, decoder_cfg: DecoderConfig, k: in
     ]
     for name, decoder_class, n in runs:
         decoder = decoder_class(decoder_cfg).cuda()
-        seconds, peak = cuda_time(decoder_step(decoder, n, k, decoder_cfg.feature_dim))
+        seconds, peak = cuda_time(decoder_step(decoder, n, k, decoder.feature_dim))
         print(f"  {name:<32s} {seconds * 1e3:8.1f} ms  peak {peak:5.1f} GiB")
         del decoder
         torch.cuda.empty_cache()
