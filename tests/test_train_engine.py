@@ -16,8 +16,10 @@ from npva.cli import main
 from npva.config import (
     ExperimentConfig,
     apply_overrides,
+    describe_settings,
     load_config,
     merge_settings,
+    resumable_settings,
     save_config,
 )
 from npva.data.prepared import PreparedSubject
@@ -31,6 +33,7 @@ from npva.model.render import UVTemplate
 from npva.train import build_config, load_avatar, preset_config, train
 from npva.train import checkpoint as ckpt
 from npva.train.distributed import StepOrder
+from npva.train.engine import check_resumable
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +139,33 @@ def test_resume_with_other_model_settings_is_refused(tiny_subject, gendir, tiny_
     config = apply_overrides(preset_config("tiny"), ["render.query.k=4"])
     with pytest.raises(NpvaError, match="render.query.k"):
         train(tiny_subject, tiny_run.run_dir, config, gendir=gendir)
+
+
+def test_the_settings_a_resumed_run_may_change_are_marked_on_their_fields(tiny_run, tmp_path):
+    resumable = resumable_settings()
+    assert {"train.epochs", "train.workers", "render.kernels", "render.query.backend"} <= resumable
+    assert not any(key.startswith(("model.", "gep.")) for key in resumable)
+    assert "train.lr" not in resumable and "loss.rgb_weight" not in resumable
+    saved = ckpt.load_checkpoint(ckpt.list_checkpoints(tiny_run.run_dir)[-1])["config"]
+    saved = merge_settings(ExperimentConfig(), saved)
+    check_resumable(saved, apply_overrides(saved, ["train.epochs=70", "render.kernels=torch"]), tmp_path)
+    with pytest.raises(NpvaError, match="train.lr"):
+        check_resumable(saved, apply_overrides(saved, ["train.lr=0.5"]), tmp_path)
+
+
+def test_train_help_lists_every_setting_with_its_value_and_description(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    shown = capsys.readouterr().out
+    setting_lines = [line for line in shown.splitlines() if line.startswith("  ") and line[2] != " "]
+    listed = [line.split(" = ")[0].strip() for line in setting_lines if " = " in line]
+    settings = describe_settings(ExperimentConfig())
+    assert listed == [key for key, _, _ in settings]
+    assert all(doc.replace("[resumable]", "").strip() for _, _, doc in settings)
+    assert "  train.lr = 0.001\n      Adam's learning rate at the start" in shown
+    assert (
+        "  train.epochs = 35\n      length of the run in epochs of steps_per_epoch steps [resumable]" in shown
+    )
 
 
 def test_train_needs_a_preprocessed_subject(tiny_subject, tmp_path, capsys):

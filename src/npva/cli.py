@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from npva import __version__
-from npva.config import PreprocessConfig
+from npva.config import ExperimentConfig, PreprocessConfig, settings_help
 from npva.errors import NpvaError
 from npva.io.splits import DEFAULT_PROTOCOL, GENERIC_TEST_FRACTION, PROTOCOLS
 
@@ -332,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="train an avatar of a preprocessed subject (resumes RUN_DIR); under torchrun on several GPUs",
+        epilog="settings (--set KEY=VALUE, --config FILE; the values shown are the full preset's, the "
+        "published ones; [resumable]: a resumed run may change it):\n" + settings_help(ExperimentConfig()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("subject", help="subject directory (Multiface layout), preprocessed")
     train.add_argument(

@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import io
+import textwrap
+import tokenize
 import types
 import typing
 from collections.abc import Sequence
@@ -16,6 +21,28 @@ import yaml
 from npva.errors import FormatError, MissingFileError, NpvaError
 from npva.fileio import atomic_open
 
+RESUMABLE = "resumable"  # field metadata: a resumed run may change the setting
+
+
+def resumable(default: Any) -> Any:
+    """A setting a resumed run may change: how the run goes (devices, logging, memory, speed), not what
+    it learns from or the shape of its state."""
+    return field(default=default, metadata={RESUMABLE: True})
+
+
+def resumable_settings(config_class: type | None = None) -> frozenset[str]:
+    """Dotted keys of the settings of `config_class` (default ExperimentConfig) marked resumable."""
+    config_class = config_class or ExperimentConfig
+    keys = set()
+    for f in dataclasses.fields(config_class):
+        kind = _field_types(config_class)[f.name]
+        if dataclasses.is_dataclass(kind):
+            keys |= {f"{f.name}.{key}" for key in resumable_settings(kind)}
+        elif f.metadata.get(RESUMABLE):
+            keys.add(f.name)
+    return frozenset(keys)
+
+
 TEXTURE_MODES = ("off", "features", "corrected", "lookup")  # ModelConfig.texture, each adding to the last
 
 
@@ -26,20 +53,20 @@ class ModelConfig:
     texture_size: int = 1024  # side of the average UV texture fed to the encoder
     posmap_size: int = 256  # side of the position map (and of the decoded coarse map)
     point_map_size: int = 1024  # side of the displacement / feature maps: one neural point per texel
-    latent_channels: int = 4
-    latent_size: int = 8
+    latent_channels: int = 4  # Z: channels of the latent code z (Z x L x L)
+    latent_size: int = 8  # L: side of the latent code
     texture_channels: tuple[int, ...] = (512, 256)  # texture branch down blocks
     geometry_channels: int = 256  # 1x1 conv on the normalized position map
     encoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8)  # down blocks after concatenation
-    mu_scale: float = 0.1
-    logstd_scale: float = 0.01
+    mu_scale: float = 0.1  # mu = mu_scale x the encoder's raw mean
+    logstd_scale: float = 0.01  # logstd = logstd_scale x the encoder's raw log std (+ logstd_bias)
     # Added to logstd. 0 (published) starts the posterior at std 1: next to mu = 0.1 mu_raw a sampled z is
     # mostly noise until mu has grown over a long run, and in a short run the decoders learn to ignore z.
     logstd_bias: float = 0.0
     coarse_channels: tuple[int, ...] = (32, 16, 16, 8, 3)  # 8 -> 256 (5 up blocks)
     displacement_channels: tuple[int, ...] = (64, 32, 32, 16, 16, 8, 3)  # 8 -> 1024 (7 up blocks)
     feature_channels: tuple[int, ...] = (512, 256, 256, 128, 128, 64, 32)  # 8 -> 1024
-    leaky_slope: float = 0.2
+    leaky_slope: float = 0.2  # negative slope of the networks' LeakyReLUs
     # BatchNorm after the encoder and decoder convolutions (published, with a batch of 8 frames over 8 GPUs
     # under synchronized BatchNorm). With one frame per step in one process it normalizes every frame by
     # its own statistics, which erases what the latent says about the expression: off in tiny and demo.
@@ -95,13 +122,13 @@ class SamplingConfig:
 class QueryConfig:
     """Neighbour query (method.md section 6)."""
 
-    k: int = 8
-    radius_mm: float = 4.0
+    k: int = 8  # K: neural points blended per shading point
+    radius_mm: float = 4.0  # only neural points within this distance of a shading point are blended
     cell_fraction: float = 0.5  # grid cell side of the neighbour index, as a fraction of the radius
-    max_candidates: int | None = None  # candidate entries held at once (memory); None: 2^20 CPU, 2^25 GPU
-    backend: str = (
-        "auto"  # "grid" (exact grid index, any device), "kdtree" (SciPy, CPU), "auto": kdtree on CPU
-    )
+    # Candidate entries held at once (memory); None: 2^20 on CPU, 2^25 on GPU.
+    max_candidates: int | None = resumable(None)
+    # "grid" (exact grid index, any device), "kdtree" (SciPy, CPU), "auto": kdtree on CPU, grid on GPU.
+    backend: str = resumable("auto")
 
 
 @dataclass
@@ -112,9 +139,9 @@ class DecoderConfig:
     feature_frequencies: int = 3  # PE_3 of the aggregated feature
     offset_frequencies: int = 5  # PE_5 of the 6-channel offset
     direction_frequencies: int = 4  # PE_4 of the ray direction
-    hidden: int = 128
-    pointnerf_hidden: int = 256
-    leaky_slope: float = 0.2
+    hidden: int = 128  # width of the lightweight decoder's MLPs
+    pointnerf_hidden: int = 256  # width of the Point-NeRF decoder's MLPs
+    leaky_slope: float = 0.2  # negative slope of the decoder MLPs' LeakyReLUs
     density_shift: float = 1.0  # sigma = softplus(raw - shift)
     colour_margin: float = 0.001  # c = (1 + 2 margin) sigmoid(raw) - margin: 1.002 sigmoid - 0.001
     min_distance_mm: float = 1e-6  # inverse-distance weights use max(|p - x|, this)
@@ -126,7 +153,7 @@ class RenderConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    chunk_rays: int = 65536  # rays decoded at once; bounds memory for any image size
+    chunk_rays: int = resumable(65536)  # rays decoded at once; bounds memory for any image size
     # > 0: cells of the point map whose points lie farther apart than this get extra points in between
     # (npva.model.points.densify_points), so that stretched parts of the UV layout (a neck, an open
     # mouth) keep no holes. 0: one point per texel, as published.
@@ -135,7 +162,7 @@ class RenderConfig:
     # Triton kernels of npva.model.fast on CUDA when triton is installed and deterministic algorithms are
     # off, else plain PyTorch; "torch" always plain PyTorch (the reference); "triton" the kernels or an
     # error. Both give the same neighbours; blended values agree to float32 rounding.
-    kernels: str = "auto"
+    kernels: str = resumable("auto")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -169,9 +196,11 @@ class DataConfig:
     frames: str = "train"  # split name (npva.io.splits), "all" or a path to a "<seq> <frame>" list
     cameras: tuple[str, ...] = ()  # cameras to train on; empty: every camera (the authors used 400029 only)
     camera_split: bool = False  # keep only the training cameras of the subject's split
-    image_cache: str = "png"  # photos resized to the training size kept on disk: "png", "npy" or "none"
-    cache_dir: str | None = None  # where the cache lives; default <gendir>/image_cache
-    skip_unreadable: bool = True  # a sample whose files cannot be read is replaced by the next readable one
+    # Photos resized to the training size kept on disk: "png", "npy" or "none".
+    image_cache: str = resumable("png")
+    cache_dir: str | None = resumable(None)  # where the cache lives; default <gendir>/image_cache
+    # A sample whose files cannot be read is replaced by the next readable one.
+    skip_unreadable: bool = resumable(True)
 
 
 @dataclass
@@ -193,22 +222,23 @@ class GEPConfig:
 class LossConfig:
     """Loss weights and their constants (method.md section 8)."""
 
-    rgb_weight: float = 5.0
+    rgb_weight: float = 5.0  # colour error of the sampled rays
     lpips_weight: float = 0.1  # patch phase only
     ssim_weight: float = 0.0  # 1 - SSIM of the patch, patch phase only (not in the method)
-    depth_weight: float = 0.1
-    rast_depth_weight: float = 0.2
-    mesh_weight: float = 0.2
+    depth_weight: float = 0.1  # composited depth against the MVS depth
+    rast_depth_weight: float = 0.2  # rasterized coarse-mesh depth against the MVS depth
+    mesh_weight: float = 0.2  # coarse map against the tracked position map
     mesh_mouth_weight: float = 0.0  # weight of mouth texels in the mesh term's mean (0: left out)
     mouth_points_weight: float = 0.0  # the mouth's neural points against the tracked surface (0: off)
-    smooth_weight: float = 1.0
-    kl_weight: float = 0.001
-    displacement_weight: float = 0.1
+    smooth_weight: float = 1.0  # smoothness of the coarse map between neighbouring texels
+    kl_weight: float = 0.001  # KL divergence of the latent's posterior from N(0, 1)
+    displacement_weight: float = 0.1  # displacements longer than displacement_threshold_mm
     depth_threshold_mm: float = 10.0  # depth terms use rays whose error is below this
     smooth_beta_mm: float = 4.0  # smooth-L1 transition of the smoothness term
     displacement_threshold_mm: float = 10.0  # displacements longer than this are penalized
     mesh_norm: str = "l1"  # per-texel distance of the mesh term: "l1" (sum of |dx|) or "l2" (Euclidean)
-    lpips_weights: str | None = None  # LPIPS-VGG weight files, os.pathsep-separated; env NPVA_LPIPS_WEIGHTS
+    # LPIPS-VGG weight files, os.pathsep-separated; env NPVA_LPIPS_WEIGHTS.
+    lpips_weights: str | None = resumable(None)
     lpips_substitute: str = "vgg"  # without LPIPS weights: ST-LPIPS "vgg"/"alex" (shipped) or a .pth path
 
 
@@ -222,33 +252,41 @@ class TrainConfig:
     samples, reshuffled (seeded) on every pass.
     """
 
-    seed: int = 0
-    epochs: int = 35
+    seed: int = 0  # seeds the networks' initialization, the data order, the rays and the latent samples
+    epochs: int = resumable(35)  # length of the run in epochs of steps_per_epoch steps
     steps_per_epoch: int | None = None  # None: one pass over this process's share of the samples
-    lr: float = 1e-3
+    lr: float = 1e-3  # Adam's learning rate at the start
     weight_decay: float = 4e-5  # Adam's L2 penalty
     lr_decay_epochs: tuple[int, ...] = (15,)  # the learning rate is multiplied by lr_decay at these
-    lr_decay: float = 0.1
-    grad_clip: float | None = None  # largest global gradient norm; None: no clipping
+    lr_decay: float = 0.1  # factor applied at each of lr_decay_epochs
+    grad_clip: float | None = resumable(None)  # largest global gradient norm; None: no clipping
     background: str = "learned"  # missed rays: "learned" colour per camera, "black" (published), "mask"
     # A learned colour gain and bias per training camera (npva.model.avatar.CameraColour); cameras not
     # trained on see the avatar uncalibrated. Off in the published configuration.
     camera_colour: bool = False
-    precision: str = "bf16"  # networks under autocast on CUDA: "bf16" or "fp32" (always fp32 on CPU)
-    device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
-    workers: int = 2  # data-loader processes per training process (0: load in the training process)
-    sync_batchnorm: bool = True  # with several CUDA processes: BatchNorm statistics over all of them
-    deterministic: bool = False  # torch.use_deterministic_algorithms (slower; bitwise-repeatable runs)
-    log_every: int = 50  # steps between TensorBoard scalars
-    checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
-    keep_checkpoints: int = 2  # newest checkpoints kept in RUN_DIR/checkpoints
-    val_every: int = 5000  # steps between validations (also before the first step); 0: only at the end
-    val_frames: str = "test"  # held-out frames: a split name or a "<seq> <frame>" list file
-    val_cameras: tuple[str, ...] = ()  # empty: the training cameras
-    val_samples: int = 4  # (frame, camera) pairs rendered in full, spread evenly over the held-out ones
-    stop_after: int | None = None  # end (with a checkpoint) once this many steps are done; rerun resumes
-    progress: bool = True  # progress bar on the terminal
-    profile_stages: bool = False  # time each stage of a step (synchronizes CUDA at stage boundaries)
+    # Networks under autocast on CUDA: "bf16" or "fp32" (always fp32 on CPU).
+    precision: str = resumable("bf16")
+    device: str = resumable("auto")  # "auto" (CUDA when present), "cpu" or "cuda"
+    # Data-loader processes per training process (0: load in the training process).
+    workers: int = resumable(2)
+    # With several CUDA processes: BatchNorm statistics over all of them.
+    sync_batchnorm: bool = resumable(True)
+    # Torch.use_deterministic_algorithms (slower; bitwise-repeatable runs).
+    deterministic: bool = resumable(False)
+    log_every: int = resumable(50)  # steps between TensorBoard scalars
+    checkpoint_every: int = resumable(1000)  # steps between checkpoints (one is always written at the end)
+    keep_checkpoints: int = resumable(2)  # newest checkpoints kept in RUN_DIR/checkpoints
+    # Steps between validations (also before the first step); 0: only at the end.
+    val_every: int = resumable(5000)
+    val_frames: str = resumable("test")  # held-out frames: a split name or a "<seq> <frame>" list file
+    val_cameras: tuple[str, ...] = resumable(())  # empty: the training cameras
+    # (frame, camera) pairs rendered in full, spread evenly over the held-out ones.
+    val_samples: int = resumable(4)
+    # End (with a checkpoint) once this many steps are done; rerun resumes.
+    stop_after: int | None = resumable(None)
+    progress: bool = resumable(True)  # progress bar on the terminal
+    # Time each stage of a step (synchronizes CUDA at stage boundaries).
+    profile_stages: bool = resumable(False)
 
 
 @dataclass
@@ -493,3 +531,56 @@ def _assign(config: Any, path: list[str], text: str, prefix: str = "") -> Any:
     if len(path) > 1:
         raise ValueError(f"{key!r} is a setting, not a section")
     return dataclasses.replace(config, **{name: _parse_text(text, annotation, key)})
+
+
+# ---- settings described, for `npva train --help` ----------------------------------------------------
+
+
+def setting_docs(config_class: type) -> dict[str, str]:
+    """What the source says of each field of a settings dataclass: the comment lines right above the
+    field and the comment at the end of its line(s), joined into one text."""
+    source = textwrap.dedent(inspect.getsource(config_class))
+    comments: dict[int, tuple[str, bool]] = {}  # line -> (text, whole line)
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            whole = token.line.strip().startswith("#")
+            comments[token.start[0]] = (token.string.lstrip("#").strip(), whole)
+    (class_node,) = ast.parse(source).body
+    docs = {}
+    for node in class_node.body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        above, line = [], node.lineno - 1
+        while line in comments and comments[line][1]:
+            above.insert(0, comments[line][0])
+            line -= 1
+        after = [comments[n][0] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+        docs[node.target.id] = " ".join(above + after)
+    return docs
+
+
+def describe_settings(config: Any, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, value in `config`, description) of every setting of a settings dataclass, in field
+    order; the description ends with "[resumable]" for settings a resumed run may change."""
+    rows = []
+    docs = setting_docs(type(config))
+    for f in dataclasses.fields(config):
+        key, value = f"{prefix}{f.name}", getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe_settings(value, f"{key}.")
+        else:
+            rows.append((key, value, docs[f.name] + (" [resumable]" if f.metadata.get(RESUMABLE) else "")))
+    return rows
+
+
+def settings_help(config: Any) -> str:
+    """Every setting of `config` (an ExperimentConfig) as help text: one "key = value" line each, its
+    description indented below."""
+    lines = []
+    for key, value, doc in describe_settings(config):
+        shown = list(value) if isinstance(value, tuple) else value
+        lines.append(
+            f"  {key} = {yaml.safe_dump(shown, default_flow_style=True).strip().removesuffix('...').strip()}"
+        )
+        lines += textwrap.wrap(doc, 100, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines)

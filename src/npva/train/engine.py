@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from npva import __version__
-from npva.config import ExperimentConfig, save_config, to_dict
+from npva.config import ExperimentConfig, resumable_settings, save_config, to_dict
 from npva.data.gendir import GenDir
 from npva.data.prepared import PreparedSubject, read_settings
 from npva.data.samples import AvatarDataset, TrainSample, select_samples
@@ -85,37 +85,6 @@ LOG_KEYS = (
     "step_seconds",
     *(f"time_{name}" for name in STAGES),
 )
-# Settings a resumed run may change: how it runs, not what it learns from or how its state is shaped.
-# (The learning-rate schedule is part of the optimizer and scheduler states, so it is fixed too.)
-RESUME_FIXED_EXCEPT = (
-    "train.epochs",
-    "train.grad_clip",
-    "train.precision",
-    "train.device",
-    "train.workers",
-    "train.sync_batchnorm",
-    "train.deterministic",
-    "train.log_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.val_every",
-    "train.val_frames",
-    "train.val_cameras",
-    "train.val_samples",
-    "train.stop_after",
-    "train.progress",
-    "train.profile_stages",
-    "data.image_cache",
-    "data.cache_dir",
-    "data.skip_unreadable",
-    "loss.lpips_weights",
-    "render.chunk_rays",
-    "render.query.max_candidates",
-    "render.query.backend",
-    "render.kernels",
-)
-
-
 @dataclass
 class Validation:
     """Full-image renders of held-out (frame, camera) pairs at one step: PSNR (dB) over the image and
@@ -731,7 +700,7 @@ def check_resumable(saved: ExperimentConfig, given: ExperimentConfig, path: Path
     """NpvaError listing the settings that differ from a checkpoint's in a way resuming cannot honour."""
     before, after = _flatten(to_dict(saved)), _flatten(to_dict(given))
     changed = [key for key in before if before[key] != after.get(key)]
-    fixed = [key for key in changed if key not in RESUME_FIXED_EXCEPT]
+    fixed = [key for key in changed if key not in resumable_settings()]
     if fixed:
         detail = "; ".join(f"{key}: {before[key]!r} -> {after[key]!r}" for key in fixed[:6])
         raise NpvaError(
