@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from npva.errors import FormatError, MissingFileError
 from npva.geometry.camera import Camera
+from npva.io.colmap import find_colmap_depth, read_colmap_depth
 from npva.io.multiface import (
     read_bin,
     read_camera_split,
@@ -106,6 +107,7 @@ class CheckReport:
     categories: dict[str, Category]
     cameras: list[str]
     sequences: dict[str, SequenceStats]
+    depth_sources: Counter[str] = field(default_factory=Counter)  # views by the depth import would use
 
     @property
     def usable(self) -> bool:
@@ -159,12 +161,23 @@ class CheckReport:
                 lines.append(f"  {self._where(problem)}: {problem.kind}{reason}")
             if len(category.problems) > max_lines:
                 lines.append(f"  ... and {len(category.problems) - max_lines} more")
+        lines += ["", self._depth_line()]
         if self.gaps():
             lines += ["", self.gaps()]
         if not self.usable:
             failed = ", ".join(self._blocking()) or "images (no photo has every file it needs)"
             lines += ["", f"not usable: problems in {failed}"]
         return "\n".join(lines)
+
+    def _depth_line(self) -> str:
+        """Which depth each view gets from `npva preprocess --depth auto`."""
+        if not self.depth_sources:
+            return (
+                "depth per view: no MVS depth checked; preprocess renders the tracked mesh "
+                "(--depth auto) or matches the photos (--depth stereo)"
+            )
+        counts = ", ".join(f"{count} {source}" for source, count in sorted(self.depth_sources.items()))
+        return f"depth per view (preprocess --depth auto imports mvs_depth/): {counts}"
 
     def _sequence_table(self) -> list[str]:
         width = max(len("sequence"), *(len(s) for s in self.sequences))
@@ -214,6 +227,10 @@ def _read_wav_header(path: Path) -> None:
         raise FormatError(path, f"expected {declared} bytes as the RIFF header says, found {size}: truncated")
 
 
+def _raise(error: Exception, path: Path) -> None:
+    raise error
+
+
 def _depth_size(path: Path) -> tuple[int, int]:
     """(H, W) of a depth map, decoded in full (a header can be whole when the pixels are cut short)."""
     return read_depth(path).shape
@@ -226,6 +243,7 @@ class _Checker:
         self.layout = SubjectLayout(root)
         self.categories = {key: Category(title, required) for key, title, required in _CATEGORIES}
         self.bad_frames: set[FrameKey] = set()
+        self.depth_sources: Counter[str] = Counter()
 
     def problem(
         self,
@@ -285,7 +303,8 @@ class _Checker:
             per_frame = ("images", "meshes", "transforms", "textures", "bins", "mvs_depth", "audio")
             self.note(per_frame, "not checked: no usable frame list")
         self.check_splits(frames, cameras)
-        return CheckReport(layout.root, self.categories, list(cameras), self.sequence_stats(frames, cameras))
+        stats = self.sequence_stats(frames, cameras)
+        return CheckReport(layout.root, self.categories, list(cameras), stats, self.depth_sources)
 
     def check_frames(self, frames: list[FrameKey], cameras: dict[str, Camera]) -> None:
         """Every file of every listed frame, then the consistency of sizes and mesh topology."""
@@ -307,9 +326,12 @@ class _Checker:
                 if (size := self.expect("images", path, read_image_size, key)) is not None:
                     image_sizes[name].append((path, size, key))
                 if with_depth:
-                    path = self.layout.mvs_depth(sequence, name, frame)
-                    if (size := self.expect("mvs_depth", path, _depth_size)) is not None:
+                    path, source, read = self.depth_file(sequence, name, frame)
+                    if (size := self.expect("mvs_depth", path, read)) is not None:
                         depth_sizes[name].append((path, size, None))
+                    self.depth_sources[
+                        source if size is not None else "without a readable depth map (depth unknown)"
+                    ] += 1
         if not topologies and not self.categories["meshes"].problems:
             reason = "no listed frame has an OBJ (the faces and UVs of the .bin meshes are read from one)"
             self.problem("meshes", self.layout.tracked_mesh_dir, MISMATCH, reason)
@@ -353,6 +375,21 @@ class _Checker:
             self.expect("bins", bin_path, functools.partial(read_bin, num_verts=len(mesh.verts)))
         indices = hash((mesh.faces.tobytes(), mesh.face_uvs.tobytes()))
         return [(path, _Topology(len(mesh.verts), len(mesh.uvs), len(mesh.faces), indices), key)]
+
+    def depth_file(self, sequence: str, camera: str, frame: str) -> tuple[Path, str, Callable]:
+        """(path, source, size reader) of a view's MVS depth: the EXR, else the depth map of a COLMAP
+        dense workspace mvs_depth/<seq>/<frame>/ whose image names the camera."""
+        path = self.layout.mvs_depth(sequence, camera, frame)
+        if path.exists():
+            return path, "EXR", _depth_size
+        workspace = self.layout.mvs_depth_dir / sequence / frame / "stereo" / "depth_maps"
+        try:
+            colmap = find_colmap_depth(workspace, camera)
+        except FormatError as exc:
+            return exc.path, "COLMAP", functools.partial(_raise, exc)
+        if colmap is None:
+            return path, "EXR", _depth_size
+        return colmap, "COLMAP", lambda p: read_colmap_depth(p).shape
 
     def mvs_depth_present(self) -> bool:
         """Whether MVS depth maps are there to check (and can be)."""

@@ -33,10 +33,12 @@ from npva.geometry.camera import Camera
 from npva.geometry.mesh import to_face_frame
 from npva.geometry.posmap import PositionMapSampler
 from npva.geometry.raster import coverage_mask, rasterize_camera
+from npva.io.colmap import find_colmap_depth, read_colmap_depth
 from npva.io.multiface import (
     load_world_verts,
     read_depth,
     read_frame_list,
+    read_image,
     read_image_size,
     read_krt,
     read_obj,
@@ -44,6 +46,7 @@ from npva.io.multiface import (
 )
 from npva.io.splits import split_frames
 from npva.io.subject import SubjectLayout
+from npva.preprocess.stereo import StereoView, frame_depths
 from npva.preprocess.uvlayout import (
     FaceAxes,
     MouthStretch,
@@ -57,7 +60,7 @@ Frame = tuple[str, str]  # (sequence, frame id)
 # Temporary files of unfinished writes older than this are left by killed runs (shards running beside
 # this one keep theirs fresh) and are removed.
 STALE_TEMPORARY_S = 3600.0
-DEPTH_MODES = ("auto", "import", "mesh", "none")
+DEPTH_MODES = ("auto", "import", "stereo", "mesh", "none")
 
 
 @dataclass
@@ -65,13 +68,15 @@ class Summary:
     """What a run made, skipped and failed (each failure with its reason; `failed_frames`: the frames
     whose position map could not be made). `gaps` counts what the capture lacks, by kind (views
     without a photo, frames without a tracked mesh, views without an MVS depth file): those are left
-    out, or get an unknown depth, and are not failures. `notes`: one line each, e.g. the depth used."""
+    out, or get an unknown depth, and are not failures. `depth_sources` counts the views whose depth
+    was made, by source. `notes`: one line each, e.g. the depth used."""
 
     made: int = 0
     skipped: int = 0
     failed: list[str] = field(default_factory=list)
     failed_frames: list[Frame] = field(default_factory=list)
     gaps: Counter[str] = field(default_factory=Counter)
+    depth_sources: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
     finalized: str = ""
     seconds: float = 0.0
@@ -82,6 +87,7 @@ class Summary:
         self.failed.extend(other.failed)
         self.failed_frames.extend(other.failed_frames)
         self.gaps.update(other.gaps)
+        self.depth_sources.update(other.depth_sources)
 
     def __str__(self) -> str:
         lines = [
@@ -89,6 +95,9 @@ class Summary:
             f"{len(self.failed)} failed, {self.seconds:.1f} s"
         ]
         lines += [f"  {note}" for note in self.notes]
+        if self.depth_sources:
+            counts = ", ".join(f"{count} {source}" for source, count in sorted(self.depth_sources.items()))
+            lines.append(f"  depth made per view: {counts}")
         if self.gaps:
             counts = ", ".join(f"{count} {kind}" for kind, count in sorted(self.gaps.items()))
             lines.append(f"  missing in the capture (left out, not failures): {counts}")
@@ -169,22 +178,76 @@ def resolve_depth(subject: Path, config: PreprocessConfig) -> tuple[PreprocessCo
         if not folder.is_dir():
             raise MissingFileError(folder, "MVS depth folder (--depth import DIR)")
         return config, f"depth: imported from {folder} (x{config.depth_scale:g} to mm)"
+    if config.depth == "stereo":
+        return (
+            config,
+            f"depth: multi-view stereo from the photos around the tracked mesh, on {stereo_device()}",
+        )
     if config.depth == "mesh":
         return config, f"depth: the tracked mesh rendered (no MVS depth folder {folder})"
     return config, "depth: none"
 
 
+def stereo_device() -> str:
+    """Where stereo runs: the GPU when there is one (each worker process uses it), else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _imported_depth(ctx: Context, seq: str, cam: str, frame: str, shape: tuple[int, int]):
-    """Imported MVS depth in mm resized (nearest) to `shape`, or None when no file exists."""
+    """(imported MVS depth in mm resized (nearest) to `shape`, its source), or (None, "") when no
+    file exists: DIR/<seq>/<cam>/<frame>.exr|.npz, else the geometric depth map of a COLMAP dense
+    workspace DIR/<seq>/<frame>/ whose image names the camera (npva.io.colmap)."""
     root = depth_folder(ctx.subject, ctx.config)
+    depth, source = None, ""
     for suffix in (".exr", ".npz"):
         path = root / seq / cam / f"{frame}{suffix}"
         if path.is_file():
-            depth = read_depth(path, scale=ctx.config.depth_scale)
-            if depth.shape != shape:
-                depth = cv2.resize(depth, shape[::-1], interpolation=cv2.INTER_NEAREST)
-            return depth
-    return None
+            depth, source = read_depth(path, scale=ctx.config.depth_scale), f"imported {suffix[1:]}"
+            break
+    else:
+        path = find_colmap_depth(root / seq / frame / "stereo" / "depth_maps", cam)
+        if path is not None:
+            depth, source = read_colmap_depth(path, scale=ctx.config.depth_scale), "imported COLMAP"
+    if depth is not None and depth.shape != shape:
+        depth = cv2.resize(depth, shape[::-1], interpolation=cv2.INTER_NEAREST)
+    return depth, source
+
+
+class _FrameStereo:
+    """Stereo depth of one frame's views, computed for all of them at the first request (each view is
+    matched with, and checked against, its neighbours)."""
+
+    def __init__(self, ctx: Context, layout: SubjectLayout, verts: torch.Tensor, seq: str, frame: str):
+        self.ctx, self.layout, self.verts, self.seq, self.frame = ctx, layout, verts, seq, frame
+        self.depths: dict[str, np.ndarray] | None = None
+        self.errors: dict[str, NpvaError] = {}
+
+    def depth(self, cam: str) -> np.ndarray:
+        """(H, W) depth in mm of camera `cam`; the error of its photo when it could not be read."""
+        if self.depths is None:
+            self.depths = self._compute()
+        if cam in self.errors:
+            raise self.errors[cam]
+        return self.depths[cam]
+
+    def _compute(self) -> dict[str, np.ndarray]:
+        ctx, views = self.ctx, {}
+        for cam, camera in ctx.cameras.items():
+            path = self.layout.image(self.seq, cam, self.frame)
+            try:
+                size = read_image_size(path)
+                if size != ctx.photo_sizes.get(cam, size):
+                    continue  # _process_view reports it
+                camera = training_camera(camera, size, ctx.config.image_scale)
+                photo = read_image(path, (camera.height, camera.width))
+            except MissingFileError:
+                continue
+            except NpvaError as exc:
+                self.errors[cam] = exc
+                continue
+            prior = rasterize_camera(self.verts, ctx.sampler.faces, camera).depth.numpy()
+            views[cam] = StereoView(camera, photo, prior)
+        return frame_depths(views, self.verts.mean(0).numpy(), device=stereo_device())
 
 
 def process_frame(ctx: Context, seq: str, frame: str) -> Summary:
@@ -212,9 +275,10 @@ def process_frame(ctx: Context, seq: str, frame: str) -> Summary:
         summary.failed_frames.append((seq, frame))
         return summary
     verts = torch.as_tensor(world, dtype=torch.float32)
+    stereo = _FrameStereo(ctx, layout, verts, seq, frame) if ctx.config.depth == "stereo" else None
     for cam, camera in ctx.cameras.items():
         try:
-            summary.merge(_process_view(ctx, layout, out, verts, seq, cam, frame, camera))
+            summary.merge(_process_view(ctx, layout, out, verts, seq, cam, frame, camera, stereo))
         except UnsafePathError:
             raise
         except (NpvaError, OSError) as exc:
@@ -222,7 +286,7 @@ def process_frame(ctx: Context, seq: str, frame: str) -> Summary:
     return summary
 
 
-def _process_view(ctx, layout, out, verts, seq, cam, frame, camera) -> Summary:
+def _process_view(ctx, layout, out, verts, seq, cam, frame, camera, stereo) -> Summary:
     summary = Summary()
     image = layout.image(seq, cam, frame)
     if not image.is_file():
@@ -250,13 +314,16 @@ def _process_view(ctx, layout, out, verts, seq, cam, frame, camera) -> Summary:
         summary.made += 1
     if not depth_done:
         if ctx.config.depth == "mesh":
-            depth = rasterize_camera(verts, ctx.sampler.faces, camera).depth.numpy()
+            depth, source = rasterize_camera(verts, ctx.sampler.faces, camera).depth.numpy(), "mesh"
+        elif stereo is not None:
+            depth, source = stereo.depth(cam), "stereo"
         else:
-            depth = _imported_depth(ctx, seq, cam, frame, shape)
+            depth, source = _imported_depth(ctx, seq, cam, frame, shape)
             if depth is None:
                 summary.gaps["views without an MVS depth file (depth unknown)"] += 1
-                depth = np.zeros(shape, np.float32)
+                depth, source = np.zeros(shape, np.float32), "unknown (no MVS depth file)"
         gd.write_depth_npz(depth_path, depth)
+        summary.depth_sources[source] += 1
         summary.made += 1
     return summary
 
