@@ -17,10 +17,19 @@ import torch
 _T = TypeVar("_T")
 
 
-def _map_tensors(value: _T, fn: Callable[[torch.Tensor], torch.Tensor]) -> _T:
-    """The dataclass `value` with `fn` applied to each tensor field."""
-    tensors = {f.name: getattr(value, f.name) for f in fields(value)}
-    return replace(value, **{k: fn(v) for k, v in tensors.items() if isinstance(v, torch.Tensor)})
+class _Tensors:
+    """Moving a dataclass of tensors: every tensor field at once, the other fields kept."""
+
+    def _map_tensors(self: _T, fn: Callable[[torch.Tensor], torch.Tensor]) -> _T:
+        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{k: fn(v) for k, v in tensors.items() if isinstance(v, torch.Tensor)})
+
+    def to(self: _T, device: torch.device | str, non_blocking: bool = False) -> _T:
+        return self._map_tensors(lambda v: v.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self: _T) -> _T:
+        """In page-locked memory (DataLoader(pin_memory=True) calls it)."""
+        return self._map_tensors(lambda v: v.pin_memory())
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,7 @@ class FrameInputs:
 
 
 @dataclass
-class FrameDrive:
+class FrameDrive(_Tensors):
     """The driving inputs of one frame.
 
     texture (3, T, T) float32 in [0, 1]: the average texture at the encoder's size. posmap (3, S, S)
@@ -55,15 +64,9 @@ class FrameDrive:
     t: torch.Tensor
     full_texture: torch.Tensor | None = None
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> FrameDrive:
-        return _map_tensors(self, lambda v: v.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> FrameDrive:
-        return _map_tensors(self, lambda v: v.pin_memory())
-
 
 @dataclass
-class ViewTargets:
+class ViewTargets(_Tensors):
     """What one camera's view of a frame gives the losses, at the training size (H, W).
 
     image (3, H, W) float32 in [0, 1]: the photo. mask (H, W) bool: coverage of the tracked mesh.
@@ -78,9 +81,3 @@ class ViewTargets:
     depth: torch.Tensor
     posmap: torch.Tensor
     point_posmap: torch.Tensor | None = None
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> ViewTargets:
-        return _map_tensors(self, lambda v: v.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> ViewTargets:
-        return _map_tensors(self, lambda v: v.pin_memory())

@@ -241,8 +241,7 @@ class Avatar(nn.Module):
         pixels: (R, 2) long (x, y); None or "all": every pixel; "covered": the pixels the decoded
         coarse mesh covers (its rasterized guide depth > 0), the others left to the background. In
         training mode the latent code is sampled and the sampling bins jittered, both from `generator`
-        (on the same device); in evaluation mode z = mu and no jitter. This is the avatar's one
-        forward: calling the module (as DistributedDataParallel does) runs it.
+        (on the same device); in evaluation mode z = mu and no jitter. This is the avatar's one forward.
         """
         with stage("networks"):
             with self._network_precision():
@@ -273,15 +272,7 @@ class Avatar(nn.Module):
             rays.colour = calibrated(rays.colour, rays.opacity, background, *self.camera_colour(camera.name))
         return RenderOutput(pixels=pixels, rays=rays, scene=scene, maps=maps, mu=mu, logstd=logstd)
 
-    def forward(
-        self,
-        drive: FrameDrive,
-        camera: Camera,
-        pixels: torch.Tensor | str | None = None,
-        generator: torch.Generator | None = None,
-    ) -> RenderOutput:
-        """Avatar.render."""
-        return self.render(drive, camera, pixels, generator)
+    forward = render  # calling the module (as DistributedDataParallel does) renders
 
     def _lookup_texture(self, drive: FrameDrive) -> torch.Tensor | None:
         """The full-size texture (3, T', T') the shading points look their colour up in, or None."""
