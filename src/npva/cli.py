@@ -39,7 +39,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
     mode, *rest = args.depth
     if len(rest) > 1 or (rest and mode != "import"):
-        raise NpvaError(f"--depth takes auto, import [DIR], mesh or none, got {' '.join(args.depth)}")
+        raise NpvaError(f"--depth takes auto, import [DIR], stereo, mesh or none, got {' '.join(args.depth)}")
     if args.preset and args.uv_size:
         raise NpvaError("give --preset or --uv-size, not both (a preset decides the position map size)")
     config = PreprocessConfig(
@@ -288,14 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[defaults.depth],
         metavar="MODE",
         help="auto (import when SUBJECT/mvs_depth exists, else mesh; the default), "
-        "import [DIR] (MVS depth per camera, .exr or .npz; default SUBJECT/mvs_depth), "
+        "import [DIR] (MVS depth per camera, .exr or .npz, or COLMAP dense workspaces DIR/SEQ/FRAME; "
+        "default SUBJECT/mvs_depth), stereo (multi-view stereo from the photos around the tracked mesh), "
         "mesh (the tracked mesh rendered: a weak fallback without mouth interior or hair), none",
     )
     prep.add_argument(
         "--depth-scale",
         type=float,
         default=defaults.depth_scale,
-        help="multiplies imported depth to give mm (1000 for metres)",
+        help="multiplies imported depth to give mm (1000 for metres; 1 for COLMAP run with KRT's mm)",
     )
     prep.add_argument("--mouth-mask", help="UV-space PNG of mouth texels (default: derived)")
     prep.add_argument("--stats-list", help="frames for the statistics (default: the split's train frames)")
