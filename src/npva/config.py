@@ -176,8 +176,9 @@ class PreprocessConfig:
 
     uv_size: int = 256  # side of the position maps
     image_scale: float = 0.5  # training resolution relative to the images (2048x1334 -> 1024x667)
-    # "auto" (import when the MVS depth folder exists, else mesh), "import" (MVS depth files),
-    # "mesh" (the tracked mesh rendered), "none"
+    # "auto" (import when the MVS depth folder exists, else mesh), "import" (MVS depth files: EXR, npz or
+    # COLMAP), "stereo" (multi-view stereo from the photos, npva.preprocess.stereo), "mesh" (the tracked
+    # mesh rendered), "none"
     depth: str = "auto"
     depth_dir: str | None = (
         None  # for "import": <dir>/<seq>/<cam>/<frame>.exr|.npz; default <subject>/mvs_depth
