@@ -22,6 +22,26 @@ from npva.model.fast import interpreted
 BLOCK_N = 32
 
 
+@triton.jit
+def _load_xyz(ptr, rows, mask):
+    """x, y, z of `rows` (BLOCK,) of a (M, 3) float32 array; 0 where not `mask`."""
+    x = tl.load(ptr + 3 * rows, mask=mask, other=0.0)
+    y = tl.load(ptr + 3 * rows + 1, mask=mask, other=0.0)
+    z = tl.load(ptr + 3 * rows + 2, mask=mask, other=0.0)
+    return x, y, z
+
+
+@triton.jit
+def _neighbour(positions_ptr, idx_ptr, rows, live, x, y, z, k, K: tl.constexpr):
+    """Slot k of `rows`: its point j (0 for an empty slot), whether the slot holds one, and the offset
+    p_j - (x, y, z) (0 for an empty slot)."""
+    j = tl.load(idx_ptr + rows * K + k, mask=live, other=-1)
+    valid = j >= 0
+    j = tl.where(valid, j, 0)
+    px, py, pz = _load_xyz(positions_ptr, j, valid)
+    return j, valid, tl.where(valid, px - x, 0.0), tl.where(valid, py - y, 0.0), tl.where(valid, pz - z, 0.0)
+
+
 # The number of rows changes every call: compiled once, not once per its divisibility.
 @triton.jit(do_not_specialize=["num_rows"])
 def _blend_forward_kernel(
@@ -43,21 +63,14 @@ def _blend_forward_kernel(
     live = rows < num_rows
     cols = tl.arange(0, C_PAD)
     col_ok = cols < channels
-    x = tl.load(samples_ptr + 3 * rows, mask=live, other=0.0)
-    y = tl.load(samples_ptr + 3 * rows + 1, mask=live, other=0.0)
-    z = tl.load(samples_ptr + 3 * rows + 2, mask=live, other=0.0)
+    x, y, z = _load_xyz(samples_ptr, rows, live)
     total = tl.zeros((BLOCK,), tl.float32)
     sum_x = tl.zeros((BLOCK,), tl.float32)
     sum_y = tl.zeros((BLOCK,), tl.float32)
     sum_z = tl.zeros((BLOCK,), tl.float32)
     acc = tl.zeros((BLOCK, C_PAD), tl.float32)
     for k in tl.static_range(K):
-        j = tl.load(idx_ptr + rows * K + k, mask=live, other=-1)
-        valid = j >= 0
-        j = tl.where(valid, j, 0)
-        ox = tl.load(positions_ptr + 3 * j, mask=valid, other=0.0) - x
-        oy = tl.load(positions_ptr + 3 * j + 1, mask=valid, other=0.0) - y
-        oz = tl.load(positions_ptr + 3 * j + 2, mask=valid, other=0.0) - z
+        j, valid, ox, oy, oz = _neighbour(positions_ptr, idx_ptr, rows, live, x, y, z, k, K)
         distance = tl.sqrt_rn(tl.maximum(ox * ox + oy * oy + oz * oz, min_distance_sq))
         u = tl.where(valid, 1.0 / distance, 0.0)
         total += u
@@ -105,25 +118,14 @@ def _blend_backward_kernel(
     cell = live[:, None] & col_ok[None, :]
     out = rows[:, None] * channels + cols[None, :]
     g_values = tl.load(grad_values_out_ptr + out, mask=cell, other=0.0)
-    g_x = tl.load(grad_offset_out_ptr + 3 * rows, mask=live, other=0.0)
-    g_y = tl.load(grad_offset_out_ptr + 3 * rows + 1, mask=live, other=0.0)
-    g_z = tl.load(grad_offset_out_ptr + 3 * rows + 2, mask=live, other=0.0)
+    g_x, g_y, g_z = _load_xyz(grad_offset_out_ptr, rows, live)
     mean_values = tl.load(mean_values_ptr + out, mask=cell, other=0.0)
-    c = tl.sum(g_values * mean_values, axis=1)
-    c += g_x * tl.load(mean_offset_ptr + 3 * rows, mask=live, other=0.0)
-    c += g_y * tl.load(mean_offset_ptr + 3 * rows + 1, mask=live, other=0.0)
-    c += g_z * tl.load(mean_offset_ptr + 3 * rows + 2, mask=live, other=0.0)
-    x = tl.load(samples_ptr + 3 * rows, mask=live, other=0.0)
-    y = tl.load(samples_ptr + 3 * rows + 1, mask=live, other=0.0)
-    z = tl.load(samples_ptr + 3 * rows + 2, mask=live, other=0.0)
+    mean_x, mean_y, mean_z = _load_xyz(mean_offset_ptr, rows, live)
+    c = tl.sum(g_values * mean_values, axis=1) + g_x * mean_x + g_y * mean_y + g_z * mean_z
+    x, y, z = _load_xyz(samples_ptr, rows, live)
     norm = tl.where(live, total, 1.0)
     for k in tl.static_range(K):
-        j = tl.load(idx_ptr + rows * K + k, mask=live, other=-1)
-        valid = j >= 0
-        j = tl.where(valid, j, 0)
-        ox = tl.load(positions_ptr + 3 * j, mask=valid, other=0.0) - x
-        oy = tl.load(positions_ptr + 3 * j + 1, mask=valid, other=0.0) - y
-        oz = tl.load(positions_ptr + 3 * j + 2, mask=valid, other=0.0) - z
+        j, valid, ox, oy, oz = _neighbour(positions_ptr, idx_ptr, rows, live, x, y, z, k, K)
         squared = ox * ox + oy * oy + oz * oz
         distance = tl.sqrt_rn(tl.maximum(squared, min_distance_sq))
         weight = tl.where(valid, 1.0 / distance, 0.0) / norm
