@@ -147,7 +147,8 @@ def timing(args: argparse.Namespace) -> None:
         image = capture.render(scene, camera).image
         views[name] = StereoView(camera, image, rasterize_camera(verts, faces, camera).depth.numpy())
     settings = _settings(args.set)
-    frame_depths(views, mesh.verts.mean(0), settings, device)  # warm-up (allocations, kernels)
+    if device.type == "cuda":
+        frame_depths(views, mesh.verts.mean(0), settings, device)  # warm-up: allocations, kernels
     times = []
     for _ in range(args.repeats):
         if device.type == "cuda":
@@ -182,7 +183,7 @@ def main() -> None:
     tim.add_argument("--device", default="cpu")
     tim.add_argument("--height", type=int, default=1024)
     tim.add_argument("--width", type=int, default=667)
-    tim.add_argument("--repeats", type=int, default=3)
+    tim.add_argument("--repeats", type=int, default=1)
     tim.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
     tim.set_defaults(run=timing)
     args = parser.parse_args()

@@ -41,7 +41,7 @@ class StereoSettings:
     min_angle_deg: float = 4.0  # a source seen from the scene closer than this gives too little baseline
     max_angle_deg: float = 50.0  # ... and one farther than this sees too different a surface
     min_ncc: float = 0.6  # a pixel whose best averaged NCC is lower is a hole
-    min_contrast: float = 0.004  # grey std in the reference window below which a pixel is a hole
+    min_contrast: float = 0.004  # a source window of a lower grey std does not score (NO_COST)
     margin_mm: float = 30.0  # pixels this far outside the mesh's silhouette are matched too (hair)
     consistent_px: float = 1.0  # a depth agrees with a neighbour's when it reprojects within this ...
     consistent_mm: float = 2.0  # ... and this depth
@@ -234,7 +234,7 @@ def view_depth(
 ) -> torch.Tensor:
     """(H, W) depth in mm of the reference view (grey (H, W), camera, prior (H, W) in mm) from its
     sources [(grey, camera)], before the consistency check: 0 where the prior (spread by margin_mm) is
-    absent, the match is not confident (NCC below min_ncc, no contrast) or lies at the band's end."""
+    absent, the match is not confident (averaged NCC below min_ncc) or lies at the band's end."""
     ref_grey, camera, prior = ref
     spread = spread_prior(prior, margin_pixels(camera, prior, settings.margin_mm))
     depth = torch.zeros_like(prior)
