@@ -93,11 +93,57 @@ def test_every_mode_draws_the_avatar(subject):
         assert cloud.colours.std(0).min() > 1, f"points by {colour_by}: one colour"
 
 
+def test_turntable_swings_around_the_head(subject, tmp_path):
+    from npva.eval.video import pyav
+    from npva.view.export import turntable
+    from npva.view.render import render_image
+
+    seq, frames = next(iter(subject.sequences.items()))
+    camera = subject.cameras[subject.default_camera]
+    seen = []
+
+    def picture(view):
+        seen.append(view.centre)
+        return render_image(subject, seq, frames[0], view, "colour")
+
+    path = turntable(camera, subject.centre, picture, tmp_path / "turn.mp4", frames=4)
+    with pyav().open(str(path)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(decoded) == 4
+    assert decoded[0].shape[:2] == (camera.height + camera.height % 2, camera.width + camera.width % 2)
+    np.testing.assert_allclose(seen[0], camera.centre, atol=1e-6)
+    radius = [np.linalg.norm(c - subject.centre) for c in seen]
+    np.testing.assert_allclose(radius, radius[0], rtol=1e-6)
+    assert np.abs(decoded[1].astype(int) - decoded[0]).mean() > 1, "the head did not turn"
+
+
 def test_view_without_viser_names_the_package(tiny_checkpoint, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "viser", None)  # import viser raises ImportError
     assert main(["view", str(tiny_checkpoint)]) == 3
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "viser" in err and "npva[view]" in err
+
+
+def test_train_with_the_viewer(tiny_subject, gendir, tmp_path, capsys):
+    import torch
+
+    from npva.train import build_config, load_checkpoint, train
+    from npva.view import LiveView
+
+    config = build_config("tiny", overrides=["train.epochs=2", "train.val_every=0"])
+    live = LiveView(tiny_subject, gendir, tmp_path / "run", config, every=1, port=0)
+    try:
+        result = train(tiny_subject, tmp_path / "run", config, gendir=gendir, on_step=live)
+        assert "npva train: viewer at http://127.0.0.1:" in capsys.readouterr().out
+        live.viewer.before_render()  # what the viewer does before its next picture
+        shown = live.viewer.subject.ctx
+        assert shown.step == result.step == 2
+        trained = load_checkpoint(result.checkpoint)["model"]
+        for name, value in shown.avatar.state_dict().items():
+            if torch.is_tensor(value):
+                torch.testing.assert_close(value, trained[name], msg=name)
+    finally:
+        live.close()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -177,6 +223,11 @@ def options(label: str) -> str:
     return f"Array.from(document.querySelectorAll('input')).find(i => i.value === '{label}')"
 
 
+def button(text: str) -> str:
+    """JavaScript: the panel's button showing `text`."""
+    return f"Array.from(document.querySelectorAll('button')).find(b => b.textContent === '{text}')"
+
+
 def shown(browser: Browser, frame: str, mode: str) -> np.ndarray:
     """The screenshot once the viewer says it shows `frame` in `mode` at full size (the viewport's
     centre, where the head is and the panel is not)."""
@@ -195,7 +246,17 @@ def test_view_in_a_browser(tiny_checkpoint, subject, tmp_path):
     log = tmp_path / "view.log"
     with open(log, "w") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "npva", "view", str(tiny_checkpoint), "--port", "0", "--device", "cpu"],
+            [
+                sys.executable,
+                "-m",
+                "npva",
+                "view",
+                str(tiny_checkpoint),
+                "--port",
+                "0",
+                "--out",
+                str(tmp_path / "exports"),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -219,7 +280,7 @@ def test_view_in_a_browser(tiny_checkpoint, subject, tmp_path):
         assert colour.std() > 10, "a blank canvas"
         assert len(np.unique(colour.reshape(-1, 3), axis=0)) > 50, "a blank canvas"
 
-        browser.click("Array.from(document.querySelectorAll('button')).find(b => b.textContent === 'next')")
+        browser.click(button("next"))
         next_frame = shown(browser, frames[1], "colour")
         assert np.abs(next_frame.astype(int) - colour).mean() > 0.5, "the next frame looks the same"
 
@@ -229,6 +290,13 @@ def test_view_in_a_browser(tiny_checkpoint, subject, tmp_path):
         )
         depth = shown(browser, frames[1], "depth")
         assert np.abs(depth.astype(int) - next_frame).mean() > 10, "depth looks like colour"
+
+        browser.click(button("screenshot"))
+        path = wait_for(
+            lambda: next((tmp_path / "exports").glob("screenshot_*_depth_*.png"), None), "a screenshot"
+        )
+        camera = subject.cameras[subject.default_camera]
+        assert cv2.imread(str(path)).shape[0] == camera.height
     finally:
         if browser is not None:
             browser.close()

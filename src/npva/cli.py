@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--view", action="store_true", help="watch the training in the browser (npva view)")
     train.add_argument(
-        "--view-every", type=int, default=50, metavar="N", help="--view: newest weights every N steps"
+        "--view-every", type=int, default=200, metavar="N", help="--view: newest weights every N steps"
     )
     _add_server_arguments(train)
     train.set_defaults(run=_cmd_train)

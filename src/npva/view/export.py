@@ -22,12 +22,13 @@ def turntable(
     picture: Callable[[Camera], np.ndarray],
     path: Path,
     progress: Callable[[int, int], None] | None = None,
+    frames: int = TURNTABLE_FRAMES,
 ) -> Path:
-    """Write to `path` (atomically) an H.264 MP4 of `picture` (camera -> uint8 (H, W, 3)) over cameras
-    swinging +-TURNTABLE_DEGREES about the vertical through `centre` (3,) world mm, starting at
+    """Write to `path` (atomically) an H.264 MP4 of `picture` (camera -> uint8 (H, W, 3)) over `frames`
+    cameras swinging +-TURNTABLE_DEGREES about the vertical through `centre` (3,) world mm, starting at
     `camera` (see npva.eval.video.orbit_cameras). progress(done, total) is called after each frame."""
     av = pyav()
-    cameras = orbit_cameras(camera, centre, TURNTABLE_FRAMES, TURNTABLE_DEGREES)
+    cameras = orbit_cameras(camera, centre, frames, TURNTABLE_DEGREES)
     with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=TURNTABLE_FPS)
         stream.pix_fmt = "yuv420p"

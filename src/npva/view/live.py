@@ -1,9 +1,9 @@
 """The viewer attached to a training in progress (`npva train --view`).
 
-The training calls the LiveView after every step; every `every` steps, while a browser is connected, it
-copies the weights aside (a copy of the state, no render), and the viewer's thread loads them into its
-own avatar before its next picture. Rendering thus never waits in the training loop; it shares the
-machine's cores with it (docs/viewer.md has what that costs).
+The training calls the LiveView after every step; every `every` steps it copies the weights aside (a
+copy of the state, no render), and the viewer's thread loads them into its own avatar before its next
+picture (it renders only for connected browsers). Rendering thus never waits in the training loop; it
+shares the machine's cores with it (docs/viewer.md has what that costs).
 """
 
 from __future__ import annotations
@@ -46,9 +46,12 @@ class LiveView:
     def __call__(self, step: int, avatar: Avatar) -> None:
         if self.viewer is None:
             self._open(step, avatar)
-        elif step % self.every == 0 and self.viewer.server.get_clients():
-            self._staged = (step, {k: v.detach().clone() for k, v in avatar.state_dict().items()})
-            self.viewer.changed()
+        elif step % self.every == 0:
+            state = {
+                k: v.detach().clone() if torch.is_tensor(v) else v for k, v in avatar.state_dict().items()
+            }
+            self._staged = (step, state)
+            self.viewer.changed(weights=True)
 
     def _open(self, step: int, avatar: Avatar) -> None:
         own = copy.deepcopy(avatar).eval().requires_grad_(False)

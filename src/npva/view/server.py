@@ -3,9 +3,10 @@
 Each browser (client) has its own free camera (orbit, pan, zoom in the page). One thread renders, for
 every client, the picture of its camera whenever the camera, the frame, the mode or the avatar's weights
 change, and shows it behind the page's 3-D scene. Progressive: after a change the picture is rendered
-at 1/LEVELS[0] of the chosen height, then, while nothing changes, at each finer level in turn (on CUDA
-the first level is already the full size). Playing renders the coarsest level of each frame and moves
-on; the timeline plays as fast as that goes, at most at the capture's 30 frames per second.
+at 1/CPU_LEVELS[0] of the chosen height, then, once the camera has stopped, at each finer level in turn
+(on CUDA at the full size at once); new weights seen from a stopped camera are drawn at the full size.
+Playing renders the coarsest level of each frame and moves on; the timeline plays as fast as that
+goes, at most at the capture's 30 frames per second.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class Viewer:
         self._clients: dict[int, ClientState] = {}
         self._changes = itertools.count(1)
         self._version = 0  # bumped by every change of what all clients see
+        self._weights = 0  # bumped by new weights
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._jobs: list[Callable[[], None]] = []
@@ -114,9 +116,13 @@ class Viewer:
         self._thread.join()
         self.server.stop()
 
-    def changed(self) -> None:
-        """Everything shown is out of date (the frame, the mode or the weights changed)."""
-        self._version = next(self._changes)
+    def changed(self, weights: bool = False) -> None:
+        """Everything shown is out of date: the frame or the mode changed, or (weights) the avatar's
+        weights. New weights seen from a settled camera are drawn at the full size at once."""
+        if weights:
+            self._weights = next(self._changes)
+        else:
+            self._version = next(self._changes)
         self._wake.set()
 
     # ---- the panel ---------------------------------------------------------------------------------
@@ -247,9 +253,10 @@ class Viewer:
         state = self._clients.get(client.client_id)
         if state is None or not client.camera.aspect:
             return False
-        key = (self._version, state.camera_changes)
+        key = (self._version, state.camera_changes, self._weights)
         if key != state.shown_key:
-            level = 0
+            settled = state.shown_key is not None and state.shown_key[:2] == key[:2]
+            level = len(self.levels) - 1 if settled and state.shown_level + 1 == len(self.levels) else 0
         elif playing or state.shown_level + 1 >= len(self.levels):
             return True
         elif time.monotonic() - state.camera_changed_at < SETTLE_SECONDS:
@@ -298,7 +305,7 @@ class Viewer:
 
     def _show_points(self, camera: Camera) -> int:
         """Show the current frame's neural points (unless shown already); returns their number."""
-        key = (self._version, *self.current, self.point_colour.value)
+        key = (self._version, self._weights, *self.current, self.point_colour.value)
         if key == self._points_key:
             return len(self._points.points)
         cloud = neural_points(self.subject, *self.current, camera, self.point_colour.value)
