@@ -80,7 +80,8 @@ def test_every_mode_draws_the_avatar(subject):
     from npva.view.render import IMAGE_MODES, neural_points, render_image
 
     seq, frames = next(iter(subject.sequences.items()))
-    camera = subject.cameras[subject.default_camera]
+    capture = subject.cameras[subject.default_camera]
+    camera = capture.resized(capture.height // 2, capture.width // 2)  # the pictures' cost is per pixel
     pictures = {mode: render_image(subject, seq, frames[0], camera, mode) for mode in IMAGE_MODES}
     for mode, picture in pictures.items():
         assert picture.shape == (camera.height, camera.width, 3) and picture.dtype == np.uint8, mode
@@ -164,10 +165,17 @@ class Browser:
         port_file = profile / "DevToolsActivePort"
         wait_for(port_file.exists, "Chromium's DevTools port")
         port = port_file.read_text().split()[0]
-        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=10).read())
+        targets = wait_for(lambda: self._targets(port), "Chromium's DevTools to answer")
         page = next(t for t in targets if t["type"] == "page")
         self.socket = connect(page["webSocketDebuggerUrl"], max_size=2**28)
         self._ids = itertools.count(1)
+
+    @staticmethod
+    def _targets(port: str) -> list[dict] | None:
+        try:
+            return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=10).read())
+        except OSError:  # not listening yet
+            return None
 
     def call(self, method: str, **params):
         message_id = next(self._ids)

@@ -243,7 +243,7 @@ class Viewer:
                 self._jobs.pop(0)()
             playing = bool(self.play.value)
             shown = [self._refresh(client, playing) for client in list(self.server.get_clients().values())]
-            if playing and shown and time.monotonic() - self._last_played >= 1 / PLAY_FPS:
+            if playing and shown and all(shown) and time.monotonic() - self._last_played >= 1 / PLAY_FPS:
                 self._last_played = time.monotonic()
                 self._step_frame(1)
 
