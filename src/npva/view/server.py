@@ -65,9 +65,8 @@ class ClientState:
 class Viewer:
     """A viser server showing `subject`'s avatar; `start()` serves it, `close()` stops it.
 
-    out_dir: where screenshots and turntables go. levels: progressive divisors of the picture height
-    (default by device). before_render: called by the render thread before each picture (the live view
-    of a training loads its newest weights there).
+    out_dir: where screenshots and turntables go. before_render: called by the render thread before
+    each picture (the live view of a training loads its newest weights there).
     """
 
     def __init__(
@@ -76,14 +75,12 @@ class Viewer:
         out_dir: Path,
         host: str = "127.0.0.1",
         port: int = 8080,
-        levels: tuple[int, ...] | None = None,
         before_render: Callable[[], None] | None = None,
     ):
         viser = viser_module()
         self.subject = subject
         self.out_dir = Path(out_dir)
-        cuda = subject.ctx.device.type == "cuda"
-        self.levels = levels or (CUDA_LEVELS if cuda else CPU_LEVELS)
+        self.levels = CUDA_LEVELS if subject.ctx.device.type == "cuda" else CPU_LEVELS
         self.before_render = before_render
         self.server = viser.ViserServer(host=host, port=port, verbose=False)
         self._clients: dict[int, ClientState] = {}
