@@ -165,6 +165,23 @@ def test_covered_pixels_are_the_full_render_where_the_coarse_mesh_covers():
         _render_eval(avatar, pixels="inside")
 
 
+def test_a_camera_that_sees_nothing_renders_no_covered_pixel():
+    away = look_at(
+        "away",
+        np.array([30.0, 10, 400]),
+        np.array([30.0, 10, 800]),
+        np.array([0, 1.0, 0]),
+        _camera().K,
+        24,
+        32,
+    )
+    out = _render_eval(_avatar(), camera=away, pixels="covered")
+    assert (
+        out.pixels.shape == (0, 2) and out.rays.colour.shape == (0, 3) and out.rays.num_samples.shape == (0,)
+    )
+    assert (out.to_image(out.rays.colour) == 0).all()
+
+
 def test_rays_without_samples_show_the_background():
     black = _render_eval(_avatar())
     empty = black.rays.num_samples == 0

@@ -223,6 +223,12 @@ def render_rays(
         raise ValueError(f"chunk_rays must be positive, got {cfg.chunk_rays}")
     device = scene.guide_depth.device
     pixels = pixels.to(device)
+    if pixels.shape[0] == 0:  # e.g. the covered pixels of a camera that does not see the head
+        none = scene.guide_depth.new_zeros(0)
+        count = torch.zeros(0, dtype=torch.long, device=device)
+        return RayBatch(
+            colour=none.new_zeros(0, 3), depth=none, opacity=none, num_samples=count, guide_depth=none
+        )
     if background is None:
         background = torch.zeros(3, device=device)
     background = background.to(device).expand(pixels.shape[0], 3)

@@ -85,6 +85,8 @@ LOG_KEYS = (
     "step_seconds",
     *(f"time_{name}" for name in STAGES),
 )
+
+
 @dataclass
 class Validation:
     """Full-image renders of held-out (frame, camera) pairs at one step: PSNR (dB) over the image and
