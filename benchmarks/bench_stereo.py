@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from npva.data import gendir as gd
+from npva.data.prepared import training_camera
 from npva.geometry.raster import rasterize_camera
 from npva.io.multiface import load_world_verts, read_frame_list, read_image, read_krt, read_obj
 from npva.io.subject import SubjectLayout
@@ -78,21 +79,12 @@ class Tally:
         return lines
 
 
-def _training_cameras(subject: Path, photo_size: tuple[int, int], scale: float):
-    """KRT cameras at the training size: the photos' size (H, W) times `scale`."""
-    height, width = photo_size
-    trained = (round(height * scale), round(width * scale))
-    return {
-        name: cam.with_size(height, width).resized(*trained)
-        for name, cam in read_krt(subject / "KRT").items()
-    }
-
-
 def accuracy(args: argparse.Namespace) -> None:
     subject = Path(args.subject)
     layout = SubjectLayout(subject)
     capture = SyntheticCapture(get_preset(args.preset), args.seed)
-    cameras = _training_cameras(subject, capture.preset.image_size, args.scale)
+    krt = read_krt(layout.krt)
+    cameras = {name: training_camera(cam, capture.preset.image_size, args.scale) for name, cam in krt.items()}
     listed = set(read_frame_list(layout.frame_list))
     keys = [k for k in capture_frames(capture.preset) if (k.sequence, k.frame) in listed][:: args.every]
     if args.frames:
