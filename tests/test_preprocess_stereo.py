@@ -20,6 +20,7 @@ from npva.io.colmap import (
     write_colmap_array,
 )
 from npva.io.multiface import read_frame_list, read_krt
+from npva.preprocess import run
 from npva.preprocess.stereo import StereoSettings, StereoView, choose_sources, frame_depths
 
 SIZE = 72  # pixels per side of the synthetic views
@@ -184,7 +185,9 @@ def test_colmap_image_names_map_to_cameras(tmp_path):
 # ---- preprocessing and check --------------------------------------------------------------------
 
 
-def test_preprocess_stereo_writes_depth_per_view_and_resumes(tiny_subject: Path, tmp_path, capsys):
+def test_preprocess_stereo_writes_depth_per_view_and_resumes(
+    tiny_subject: Path, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "gendir"
     args = ["preprocess", str(tiny_subject), "--preset", "tiny", "--depth", "stereo"]
     assert main([*args, "--gendir", str(out), "--no-progress", "--shard", "0/4"]) == 0
@@ -196,6 +199,11 @@ def test_preprocess_stereo_writes_depth_per_view_and_resumes(tiny_subject: Path,
     assert depth.shape == (64, 42) and (depth > 0).any()
     assert main([*args, "--gendir", str(out), "--no-progress", "--shard", "0/4"]) == 0
     assert "0 outputs made" in capsys.readouterr().out
+    # The stereo settings are part of what the gendir was made with: other ones are refused.
+    assert gd.read_manifest(gd.GenDir(out))["settings"]["stereo"]["window"] == StereoSettings().window
+    monkeypatch.setattr(run, "StereoSettings", lambda: StereoSettings(window=7))
+    assert main([*args, "--gendir", str(out), "--no-progress", "--shard", "0/4"]) == 3
+    assert "made with other settings" in capsys.readouterr().err
 
 
 def test_preprocess_imports_colmap_depth_maps_named_by_camera(tiny_subject: Path, tmp_path, capsys):

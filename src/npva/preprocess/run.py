@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import time
 from collections import Counter
@@ -46,7 +47,7 @@ from npva.io.multiface import (
 )
 from npva.io.splits import split_frames
 from npva.io.subject import SubjectLayout
-from npva.preprocess.stereo import StereoView, frame_depths
+from npva.preprocess.stereo import StereoSettings, StereoView, frame_depths
 from npva.preprocess.uvlayout import (
     FaceAxes,
     MouthStretch,
@@ -493,6 +494,8 @@ def preprocess_subject(
     layout = SubjectLayout(subject)
     out = gd.GenDir(gendir or subject / "gendir")
     settings = dataclasses.asdict(config)
+    if config.depth == "stereo":  # what a re-run must match: the search and filter settings too
+        settings["stereo"] = json.loads(json.dumps(dataclasses.asdict(StereoSettings())))  # as read back
     _check_manifest(out, settings)
     remove_temporaries(out.root, min_age_s=STALE_TEMPORARY_S)
     cameras = read_krt(layout.krt)
