@@ -47,6 +47,10 @@ class FrameInputs:
     full_texture: bool = False
     point_map_size: int = 0
 
+    def for_rendering(self) -> FrameInputs:
+        """The inputs without what only the losses need (the tracked point map)."""
+        return replace(self, point_map_size=0)
+
 
 @dataclass
 class FrameDrive(_Tensors):

@@ -115,5 +115,4 @@ def evaluation_dataset(ctx: EvalContext, img_list: str | Path, cameras: Sequence
     data = dataclasses.replace(ctx.config.data, image_cache="none")
     names = ctx.prepared.camera_names(parse_cameras(ctx, cameras))
     frames = read_img_list(ctx, img_list)
-    inputs = dataclasses.replace(ctx.avatar.inputs, point_map_size=0)  # no loss: no tracked point maps
-    return AvatarDataset(ctx.prepared, frames, names, data, inputs)
+    return AvatarDataset(ctx.prepared, frames, names, data, ctx.avatar.inputs.for_rendering())

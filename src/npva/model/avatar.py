@@ -320,13 +320,14 @@ class Avatar(nn.Module):
         targets: ViewTargets,
         patch_shape: tuple[int, int] | None = None,
         perceptual: nn.Module | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The weighted total loss (LossConfig weights) and the detached terms by name of a render
-        `out` against the view's `targets`. patch_shape (h, w): the rays form a patch, row by row (the
-        perceptual and SSIM terms); perceptual: the network of the perceptual term (a PerceptualLoss)."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """The weighted total loss (LossConfig weights), the detached terms by name and the compared
+        (rendered, photo) colours (R, 3) (see compared_colours) of a render `out` against the view's
+        `targets`. patch_shape (h, w): the rays form a patch, row by row (the perceptual and SSIM
+        terms); perceptual: the network of the perceptual term (a PerceptualLoss)."""
         xs, ys = out.pixels[:, 0], out.pixels[:, 1]
         colour, target = self.compared_colours(out, targets)
-        return compute_losses(
+        total, terms = compute_losses(
             self.loss_config,
             colour=colour,
             target=target,
@@ -344,6 +345,7 @@ class Avatar(nn.Module):
             patch_shape=patch_shape,
             perceptual=perceptual,
         )
+        return total, terms, (colour, target)
 
     def _mouth_points(self, out: RenderOutput, targets: ViewTargets) -> dict[str, torch.Tensor]:
         """The inputs of the mouth-points term (none when it is off): the points before posing

@@ -271,7 +271,7 @@ class Trainer:
         self.dataset = AvatarDataset(self.prepared, frames, cameras, config.data, inputs)
         self.cameras = list(cameras)
         self.val_dataset, self.val_indices = (
-            validation_set(subject, self.gendir, config, self.cameras) if ctx.is_main else (None, [])
+            validation_set(self.prepared, config, self.cameras) if ctx.is_main else (None, [])
         )
         first = self.dataset[0]
         self.height, self.width = first.camera.height, first.camera.width
@@ -468,8 +468,9 @@ class Trainer:
             raise self._diverged(str(exc)) from None
         with stage("losses"):
             patch_shape = self.gep.patch_shape if phase == "patch" else None
-            total, terms = self.avatar.loss_terms(out, sample.targets, patch_shape, self.perceptual)
-            colour, target = self.avatar.compared_colours(out, sample.targets)
+            total, terms, (colour, target) = self.avatar.loss_terms(
+                out, sample.targets, patch_shape, self.perceptual
+            )
         with stage("backward"):
             grad_norm = self._update_parameters(total)
         errors = colour_error(colour.detach(), target)
@@ -725,7 +726,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def validation_set(
-    subject: Path, gendir: Path, config: ExperimentConfig, train_cameras: list[str]
+    prepared: PreparedSubject, config: ExperimentConfig, train_cameras: list[str]
 ) -> tuple[AvatarDataset | None, list[int]]:
     """The held-out samples (train.val_frames, with train.val_cameras or the training cameras) and
     train.val_samples indices spread evenly over them; (None, []) when the subject has none."""
@@ -734,9 +735,8 @@ def validation_set(
         config.data, frames=tc.val_frames, cameras=tuple(tc.val_cameras or train_cameras), camera_split=False
     )
     try:
-        prepared = PreparedSubject(subject, gendir)
         frames, cameras = select_samples(prepared, data)
-        inputs = dataclasses.replace(frame_inputs(config.model, config.loss), point_map_size=0)
+        inputs = frame_inputs(config.model, config.loss).for_rendering()
         dataset = AvatarDataset(prepared, frames, cameras, data, inputs)
     except NpvaError as exc:
         log.warning("no validation: %s", exc)
