@@ -101,6 +101,7 @@ class PreparedSubject:
             raise MissingFileError(self.gendir.manifest, "preprocessing manifest (run npva preprocess)")
         self.settings = settings
         self._point_samplers: dict[int, tuple[PositionMapSampler, int]] = {}
+        self._photo_sizes: dict[str, tuple[int, int]] = {}
 
     @functools.cached_property
     def cameras(self) -> dict[str, Camera]:
@@ -147,14 +148,21 @@ class PreparedSubject:
         the subject."""
         if name not in self.cameras:
             raise NpvaError(f"{self.layout.krt}: no camera named {name} (known: {', '.join(self.cameras)})")
-        if photo is None:
+        size = read_image_size(photo) if photo is not None else self._any_photo_size(name)
+        return training_camera(self.cameras[name], size, self.settings.image_scale)
+
+    def _any_photo_size(self, name: str) -> tuple[int, int]:
+        """(H, W) of the first photo of camera `name` found in the subject (looked up once: listing
+        the photos of a capture is slow)."""
+        if name not in self._photo_sizes:
             photo = next(iter(sorted(self.layout.images_dir.glob(f"*/{name}/*.png"))), None)
-        if photo is None:
-            raise MissingFileError(
-                self.layout.images_dir / "<seq>" / name,
-                f"photo of camera {name} (its size fixes the intrinsics)",
-            )
-        return training_camera(self.cameras[name], read_image_size(photo), self.settings.image_scale)
+            if photo is None:
+                raise MissingFileError(
+                    self.layout.images_dir / "<seq>" / name,
+                    f"photo of camera {name} (its size fixes the intrinsics)",
+                )
+            self._photo_sizes[name] = read_image_size(photo)
+        return self._photo_sizes[name]
 
     def view_camera(self, name: str, frames: Sequence[tuple[str, str]]) -> Camera:
         """Camera `name` at the training size, sized by its photo of the first of `frames` that has one
@@ -215,7 +223,7 @@ class PreparedSubject:
             self._point_samplers[size] = (PositionMapSampler(mesh, size), len(mesh.verts))
         sampler, num_verts = self._point_samplers[size]
         verts = load_world_verts(self.layout, seq, frame, num_verts)
-        R, t = read_transform(self.layout.transform(seq, frame))
+        R, t = read_transform(self.layout.transform(seq, frame))  # the pose at full precision
         posmap = sampler.position_map((verts - t) @ R)  # x_face = R^T (x_world - t)
         posmap[~sampler.coverage] = np.nan
         return posmap
