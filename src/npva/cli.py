@@ -248,6 +248,22 @@ def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="viewer port (the next free one if taken)")
 
 
+SETTINGS_EPILOG = (
+    "settings (--set KEY=VALUE, --config FILE; the values shown are the full preset's, the published "
+    "ones; [resumable]: a resumed run may change it):"
+)
+
+
+class _SettingsListFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help whose SETTINGS_EPILOG is followed by every setting (config.settings_help): the list is read
+    from the settings' source only when the help is shown, not at every start of the command."""
+
+    def add_text(self, text: str | None) -> None:
+        if text == SETTINGS_EPILOG:
+            text = f"{text}\n{settings_help(ExperimentConfig())}"
+        super().add_text(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="npva", description=__doc__)
     parser.add_argument("--version", action="version", version=f"npva {__version__}")
@@ -333,9 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="train an avatar of a preprocessed subject (resumes RUN_DIR); under torchrun on several GPUs",
-        epilog="settings (--set KEY=VALUE, --config FILE; the values shown are the full preset's, the "
-        "published ones; [resumable]: a resumed run may change it):\n" + settings_help(ExperimentConfig()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=SETTINGS_EPILOG,
+        formatter_class=_SettingsListFormatter,
     )
     train.add_argument("subject", help="subject directory (Multiface layout), preprocessed")
     train.add_argument(
