@@ -96,7 +96,9 @@ def run_once(args: argparse.Namespace, config: Any, baseline: dict[str, Any] | N
             with profiled(args.profile) as profiler:
                 result = train(Path(args.subject), run_dir, config)
             if profiler is not None and ctx.is_main:
-                print(profiler.key_averages().table(sort_by="self_device_time_total", row_limit=30))
+                averages = profiler.key_averages()
+                print(averages.table(sort_by="self_device_time_total", row_limit=30))
+                print(averages.table(sort_by="self_cpu_time_total", row_limit=30))  # the host's launch costs
             timings = gather_objects(result.timing, ctx)
             if not ctx.is_main:
                 return None

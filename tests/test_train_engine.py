@@ -33,7 +33,7 @@ from npva.model.render import UVTemplate
 from npva.train import build_config, load_avatar, preset_config, train
 from npva.train import checkpoint as ckpt
 from npva.train.distributed import StepOrder
-from npva.train.engine import check_resumable
+from npva.train.engine import check_resumable, loader_workers
 
 
 @pytest.fixture(scope="module")
@@ -409,11 +409,31 @@ def test_missed_rays_show_the_background_and_mask_mode_compares_inside_only(gend
 def test_a_few_bf16_steps_on_cuda(tiny_subject, gendir, tmp_path):
     config = apply_overrides(
         preset_config("tiny"),
-        ["train.epochs=35", "train.device=cuda", "train.precision=bf16", "loss.lpips_substitute=alex"],
+        ["train.epochs=35", "train.device=cuda", "train.precision=bf16"],
     )
     result = train(tiny_subject, tmp_path / "run", config, gendir=gendir)
     assert result.finished and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.log)
     assert result.validation[-1].psnr_image > result.validation[0].psnr_image
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("autotune", [False, True])
+def test_cudnn_autotune_setting_decides_cudnn_benchmark(tiny_subject, gendir, tmp_path, autotune):
+    config = apply_overrides(
+        preset_config("tiny"),
+        ["train.epochs=1", "train.device=cuda", f"train.cudnn_autotune={str(autotune).lower()}"],
+    )
+    train(tiny_subject, tmp_path / "run", config, gendir=gendir)
+    assert torch.backends.cudnn.benchmark is autotune
+
+
+def test_loader_workers_default_leaves_a_core_per_training_process_on_cuda():
+    assert loader_workers(3, "cuda", world_size=1, cores=16) == 3  # asked for: kept
+    assert loader_workers(None, "cpu", world_size=1, cores=16) == 2
+    assert loader_workers(None, "cuda", world_size=1, cores=16) == 6
+    assert loader_workers(None, "cuda", world_size=4, cores=16) == 3
+    assert loader_workers(None, "cuda", world_size=2, cores=2) == 0
 
 
 # ---- colour calibration per camera ---------------------------------------------------------------

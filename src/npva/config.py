@@ -268,12 +268,16 @@ class TrainConfig:
     # Networks under autocast on CUDA: "bf16" or "fp32" (always fp32 on CPU).
     precision: str = resumable("bf16")
     device: str = resumable("auto")  # "auto" (CUDA when present), "cpu" or "cuda"
-    # Data-loader processes per training process (0: load in the training process).
-    workers: int = resumable(2)
+    # Data-loader processes per training process (0: load in the training process); None: 2 on the CPU,
+    # on CUDA up to 6, as the CPU cores per training process allow (a GPU step outruns two loaders).
+    workers: int | None = resumable(None)
     # With several CUDA processes: BatchNorm statistics over all of them.
     sync_batchnorm: bool = resumable(True)
     # Torch.use_deterministic_algorithms (slower; bitwise-repeatable runs).
     deterministic: bool = resumable(False)
+    # On CUDA, let cuDNN time its convolution algorithms once and keep the fastest. Its trials allocate
+    # large workspaces, which count towards the run's peak memory. Ignored under deterministic.
+    cudnn_autotune: bool = resumable(False)
     log_every: int = resumable(50)  # steps between TensorBoard scalars
     checkpoint_every: int = resumable(1000)  # steps between checkpoints (one is always written at the end)
     keep_checkpoints: int = resumable(2)  # newest checkpoints kept in RUN_DIR/checkpoints

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -260,9 +261,11 @@ class Trainer:
         check_preprocessed(subject, self.gendir, config)
         if tc.deterministic != torch.are_deterministic_algorithms_enabled():  # the call costs an import
             torch.use_deterministic_algorithms(tc.deterministic, warn_only=True)
-        # The convolutions' shapes are fixed for a run: let cuDNN time its algorithms once and keep the
-        # fastest (it may pick ones whose sums vary from run to run, so not under train.deterministic).
-        torch.backends.cudnn.benchmark = self.device.type == "cuda" and not tc.deterministic
+        # The convolutions' shapes are fixed for a run, so cuDNN's timing of its algorithms runs once; it
+        # may pick ones whose sums vary from run to run, so not under train.deterministic.
+        torch.backends.cudnn.benchmark = (
+            self.device.type == "cuda" and tc.cudnn_autotune and not tc.deterministic
+        )
 
         self.prepared = PreparedSubject(self.subject, self.gendir)
         frames, cameras = select_samples(self.prepared, config.data)
@@ -432,7 +435,7 @@ class Trainer:
             self.dataset,
             batch_size=None,
             sampler=order,
-            num_workers=tc.workers,
+            num_workers=loader_workers(tc.workers, self.device.type, self.ctx.world_size),
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(tc.seed),  # keeps the global generator untouched
         )
@@ -649,6 +652,18 @@ class Trainer:
 
 
 # ---- pieces ---------------------------------------------------------------------------------------
+
+
+def loader_workers(requested: int | None, device_type: str, world_size: int, cores: int | None = None) -> int:
+    """Data-loader processes per training process: `requested` (train.workers), or when None, 2 on the CPU
+    and on CUDA up to 6, keeping one of the CPU cores per training process (`cores`, default those this
+    process may use) for the training process itself."""
+    if requested is not None:
+        return requested
+    if device_type != "cuda":
+        return 2
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    return max(0, min(6, cores // world_size - 1))
 
 
 def check_settings(config: ExperimentConfig) -> None:
