@@ -35,23 +35,33 @@ class StereoSettings:
 
     band_mm: tuple[float, float] = (-30.0, 60.0)  # offsets of the hypotheses from the prior, camera z
     step_mm: float = 2.0  # between hypotheses of the sweep (refined by a parabola)
-    window: int = 5  # side of the NCC window, pixels (odd)
+    window: int = 3  # side of the NCC window, pixels (odd); the cost filter widens the support
     sources: int = 4  # neighbouring cameras matched per view
     best_sources: int = 2  # per pixel, the costs of this many best sources are averaged
     min_angle_deg: float = 4.0  # a source seen from the scene closer than this gives too little baseline
     max_angle_deg: float = 50.0  # ... and one farther than this sees too different a surface
-    min_ncc: float = 0.6  # a pixel whose best averaged NCC is lower is a hole
-    min_contrast: float = 0.004  # a source window of a lower grey std does not score (NO_COST)
+    filter_window: int = 9  # side of the guided filter smoothing each hypothesis's cost (odd; 0: off)
+    filter_eps: float = 1e-4  # its regularization (grey variance): lower keeps costs apart across edges
+    min_ncc: float = 0.5  # a pixel whose best filtered NCC is lower is a hole
+    contrast_window: int = 5  # side of the window whose grey std measures a reference pixel's contrast
+    min_contrast: float = 0.002  # a reference pixel of lower contrast is a hole and is not filled
     margin_mm: float = 30.0  # pixels this far outside the mesh's silhouette are matched too (hair)
     consistent_px: float = 1.0  # a depth agrees with a neighbour's when it reprojects within this ...
     consistent_mm: float = 2.0  # ... and this depth
     min_consistent: int = 2  # neighbours a kept depth must agree with
+    fill_window: int = 9  # side of the neighbourhood a hole is filled from (odd; 0: no filling)
+    fill_sigma: float = 0.02  # grey difference at which a neighbour's weight falls to exp(-1/2)
+    fill_min_weight: float = 10.0  # a hole is filled only from at least this much neighbour weight ...
+    fill_spread_mm: float = 1.0  # ... whose offsets from the prior agree within this (weighted std)
+    fill_passes: int = 4  # filling passes: each grows the filled area by up to fill_window // 2
     chunk_elements: int = 1 << 23  # warped samples per chunk of hypotheses and sources
 
     def __post_init__(self) -> None:
         low, high = self.band_mm
         if not (low < high and self.step_mm > 0 and self.window % 2 == 1 and self.window >= 3):
             raise ValueError(f"stereo: need band low < high, step > 0 and an odd window >= 3: {self}")
+        if any(w % 2 == 0 for w in (self.filter_window, self.contrast_window, self.fill_window) if w):
+            raise ValueError(f"stereo: the filter, contrast and fill windows must be odd: {self}")
         if not 1 <= self.best_sources <= self.sources:
             raise ValueError(f"stereo: need 1 <= best_sources <= sources: {self}")
 
@@ -150,7 +160,10 @@ def _source_costs(
 ) -> torch.Tensor:
     """(k, H, W) cost 1 - NCC of the reference windows (H, W) against the source image (Hs, Ws) sampled
     at the homogeneous source coordinates `projected` (k, H, W, 3); NO_COST where any sample of the
-    window lies outside the source image or behind it, or the warped window has no contrast."""
+    window lies outside the source image or behind it, or the warped window is uniform (no correlation
+    is defined: a flat dark cavity, clipped highlights). A source window of little but some contrast
+    still scores: on smooth skin the true match is often the flattest window, and leaving it out lets
+    a wrong hypothesis that lands on an edge win."""
     k, height, width, _ = projected.shape
     src_h, src_w = src_grey.shape
     depth = projected[..., 2]
@@ -172,7 +185,7 @@ def _source_costs(
     variance = (window_mean(warped * warped, w) - mean * mean).clamp(min=0)
     covariance = window_mean(warped * ref_grey, w) - mean * ref_mean
     ncc = covariance / (variance.sqrt() * ref_std + 1e-8)
-    valid = (window_mean(inside.float(), w) > 1 - 1e-4) & (variance.sqrt() > settings.min_contrast)
+    valid = (window_mean(inside.float(), w) > 1 - 1e-4) & (variance > 0)
     return torch.where(valid, 1 - ncc, torch.full_like(ncc, NO_COST))
 
 
@@ -210,6 +223,25 @@ def sweep_costs(
     return costs
 
 
+def grey_contrast(image: torch.Tensor, window: int) -> torch.Tensor:
+    """(H, W) standard deviation of the grey image (H, W) over each window x window neighbourhood."""
+    mean = window_mean(image[None], window)
+    return (window_mean(image[None] ** 2, window) - mean**2).clamp(min=0).sqrt()[0]
+
+
+def filter_costs(costs: torch.Tensor, guide: torch.Tensor, window: int, eps: float) -> torch.Tensor:
+    """(K, H, W) costs smoothed per hypothesis by the guided filter (He et al.) with the reference's
+    grey image (H, W) as guide: a locally linear function of the guide fitted over each window, so
+    the cost is averaged over a pixel's neighbourhood (a larger support for faintly textured skin)
+    but not across the edges of the guide (an occluding contour, the lips' edge)."""
+    mean_guide = window_mean(guide[None], window)
+    var_guide = window_mean(guide[None] ** 2, window) - mean_guide**2
+    mean_cost = window_mean(costs, window)
+    slope = (window_mean(costs * guide, window) - mean_guide * mean_cost) / (var_guide + eps)
+    intercept = mean_cost - slope * mean_guide
+    return window_mean(slope, window) * guide + window_mean(intercept, window)
+
+
 def best_depth(costs: torch.Tensor, centre: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """From costs (K, H, W) of hypotheses centre (H, W) + offsets (K,) evenly spaced: the depth (H, W)
     refined by the parabola through the best cost and its neighbours' (a fraction of the step), the
@@ -234,7 +266,8 @@ def view_depth(
 ) -> torch.Tensor:
     """(H, W) depth in mm of the reference view (grey (H, W), camera, prior (H, W) in mm) from its
     sources [(grey, camera)], before the consistency check: 0 where the prior (spread by margin_mm) is
-    absent, the match is not confident (averaged NCC below min_ncc) or lies at the band's end."""
+    absent, the match is not confident (filtered NCC below min_ncc) or lies at the band's end, or the
+    reference pixel has no contrast (min_contrast: the dark, flat mouth cavity, the background)."""
     ref_grey, camera, prior = ref
     spread = spread_prior(prior, margin_pixels(camera, prior, settings.margin_mm))
     depth = torch.zeros_like(prior)
@@ -249,8 +282,11 @@ def view_depth(
     offsets = settings.offsets()
     centre = spread[crop]
     costs = sweep_costs(ref_grey[crop], pixels, camera, sources, centre, offsets, settings)
+    if settings.filter_window:
+        costs = filter_costs(costs, ref_grey[crop], settings.filter_window, settings.filter_eps)
     found, cost, inside = best_depth(costs, centre, offsets)
-    keep = (centre > 0) & inside & (cost <= 1 - settings.min_ncc)
+    textured = grey_contrast(ref_grey[crop], settings.contrast_window) >= settings.min_contrast
+    keep = (centre > 0) & inside & (cost <= 1 - settings.min_ncc) & textured
     depth[crop] = torch.where(keep, found, torch.zeros_like(found))
     return depth
 
@@ -290,6 +326,42 @@ def consistent(
     return masks
 
 
+def _neighbours(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(H, W) -> (H, W, window**2): each pixel's window x window neighbourhood (zero outside)."""
+    pad = window // 2
+    padded = F.pad(x[None, None], (pad, pad, pad, pad))
+    return padded.unfold(2, window, 1).unfold(3, window, 1).reshape(*x.shape, window * window)
+
+
+def fill_holes(
+    depth: torch.Tensor, guide: torch.Tensor, spread: torch.Tensor, settings: StereoSettings
+) -> torch.Tensor:
+    """(H, W) depth with holes filled from kept neighbours of similar grey (guide (H, W)) whose
+    offsets from the prior (spread (H, W)) agree: the hole takes the prior plus their weighted mean
+    offset. The tracked mesh's error and the surface's departure from it vary slowly across a region
+    of one colour, while the depth jumps at colour edges (lips and mouth cavity, skin and hair), so a
+    hole is filled only where both hold: enough similar neighbours, within fill_spread_mm of each
+    other. Holes without contrast (min_contrast) stay holes. Repeated fill_passes times."""
+    candidates = (spread > 0) & (grey_contrast(guide, settings.contrast_window) >= settings.min_contrast)
+    similar = torch.exp(
+        -((_neighbours(guide, settings.fill_window) - guide[..., None]) ** 2) / (2 * settings.fill_sigma**2)
+    )  # (H, W, N)
+    for _ in range(settings.fill_passes):
+        known = depth > 0
+        offset = _neighbours(
+            torch.where(known, depth - spread, torch.zeros_like(depth)), settings.fill_window
+        )
+        weight = similar * _neighbours(known.float(), settings.fill_window)
+        total = weight.sum(-1)
+        mean = (weight * offset).sum(-1) / total.clamp(min=1e-6)
+        spread_mm = ((weight * (offset - mean[..., None]) ** 2).sum(-1) / total.clamp(min=1e-6)).sqrt()
+        fill = (
+            ~known & candidates & (total >= settings.fill_min_weight) & (spread_mm <= settings.fill_spread_mm)
+        )
+        depth = torch.where(fill, spread + mean, depth)
+    return depth
+
+
 def frame_depths(
     views: dict[str, StereoView],
     centre: np.ndarray,
@@ -310,7 +382,17 @@ def frame_depths(
         for i in range(len(names))
     ]
     keep = consistent(raw, cameras, sources, settings)
-    return {
-        name: torch.where(mask, depth, torch.zeros_like(depth)).cpu().numpy()
-        for name, depth, mask in zip(names, raw, keep, strict=True)
-    }
+    depths = [
+        torch.where(mask, depth, torch.zeros_like(depth)) for depth, mask in zip(raw, keep, strict=True)
+    ]
+    if settings.fill_window:
+        depths = [
+            fill_holes(
+                depth,
+                greys[i],
+                spread_prior(priors[i], margin_pixels(cameras[i], priors[i], settings.margin_mm)),
+                settings,
+            )
+            for i, depth in enumerate(depths)
+        ]
+    return {name: depth.cpu().numpy() for name, depth in zip(names, depths, strict=True)}
