@@ -31,7 +31,7 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--enable-unsafe-swiftshader",  # WebGL without a GPU
     "--use-angle=swiftshader",
-    "--window-size=1200,800",
+    "--window-size=1200,900",
     "--remote-debugging-port=0",
 )
 WAIT_S = 60.0
@@ -116,6 +116,76 @@ def test_turntable_swings_around_the_head(subject, tmp_path):
     radius = [np.linalg.norm(c - subject.centre) for c in seen]
     np.testing.assert_allclose(radius, radius[0], rtol=1e-6)
     assert np.abs(decoded[1].astype(int) - decoded[0]).mean() > 1, "the head did not turn"
+
+
+def write_tone(path: Path, seconds: float, rate: int = 8000) -> np.ndarray:
+    """A mono 16-bit WAV of a ramp of samples (each sample tells its own position); returns the samples."""
+    import wave
+
+    samples = (np.arange(round(seconds * rate)) % 30000).astype("<i2")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return samples
+
+
+def read_wav(data: bytes) -> tuple[int, np.ndarray]:
+    import io
+    import wave
+
+    with wave.open(io.BytesIO(data), "rb") as source:
+        return source.getframerate(), np.frombuffer(source.readframes(source.getnframes()), "<i2")
+
+
+def test_sound_is_cut_at_the_frame_where_playing_starts(tmp_path):
+    from npva.errors import FormatError
+    from npva.view.audio import wav_from
+
+    samples = write_tone(tmp_path / "seq.wav", 2.0)
+    rate, cut = read_wav(wav_from(tmp_path / "seq.wav", 0.5))
+    assert rate == 8000
+    np.testing.assert_array_equal(cut, samples[4000:])
+    assert len(read_wav(wav_from(tmp_path / "seq.wav", 5.0))[1]) == 0  # past the end: silence
+    (tmp_path / "bad.wav").write_bytes(b"RIFF0000WAVEfmt garbage")
+    with pytest.raises(FormatError, match="bad.wav"):
+        wav_from(tmp_path / "bad.wav", 0.0)
+
+
+def test_frame_seconds_follow_the_frame_numbers(subject):
+    seq, frames = next(iter(subject.sequences.items()))
+    assert subject.frame_seconds(seq, frames[0]) == 0.0
+    assert subject.frame_seconds(seq, frames[1]) == pytest.approx((int(frames[1]) - int(frames[0])) / 30)
+
+
+def test_playing_a_sequence_with_sound_plays_it_from_the_shown_frame(subject, tmp_path, monkeypatch):
+    from npva.view import Viewer
+
+    seq, frames = next(iter(subject.sequences.items()))
+    samples = write_tone(tmp_path / f"{seq}.wav", subject.frame_seconds(seq, frames[-1]) + 0.5)
+    monkeypatch.setattr(subject, "audio", lambda name: tmp_path / f"{name}.wav" if name == seq else None)
+    viewer = Viewer(subject, tmp_path / "exports", port=0)
+    try:
+        assert f"{seq}.wav" in viewer.sound.content and viewer.player.content == ""
+        viewer.frame.value = 1
+        viewer.play.value = True
+        html = viewer.player.content
+        assert html.startswith("<audio autoplay")
+        data = base64.b64decode(html.split("base64,")[1].split('"')[0])
+        start = round(subject.frame_seconds(seq, frames[1]) * 8000)
+        np.testing.assert_array_equal(read_wav(data)[1], samples[start:])
+
+        viewer.start()  # the timeline now follows the sound's clock: the last frame, then the first again
+        wait_for(lambda: viewer.current == (seq, frames[-1]), "the timeline to reach the last frame")
+        wait_for(lambda: viewer.current == (seq, frames[0]), "the timeline to start again")
+        assert viewer.player.content.startswith("<audio autoplay") and viewer.player.content != html
+
+        viewer.play.value = False
+        assert viewer.player.content == ""
+    finally:
+        viewer.close()
 
 
 def test_view_without_viser_names_the_package(tiny_checkpoint, monkeypatch, capsys):
@@ -251,6 +321,9 @@ def shown(browser: Browser, frame: str, mode: str) -> np.ndarray:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium (make test installs it with apt-get when it can)")
 def test_view_in_a_browser(tiny_checkpoint, subject, tmp_path):
+    seq, frames = next(iter(subject.sequences.items()))
+    sound = subject.ctx.layout.audio(seq)  # the subject's optional audio/<seq>.wav, 1 s past the last frame
+    write_tone(sound, subject.frame_seconds(seq, frames[-1]) + 1.0)
     log = tmp_path / "view.log"
     with open(log, "w") as out:
         server = subprocess.Popen(
@@ -282,7 +355,6 @@ def test_view_in_a_browser(tiny_checkpoint, subject, tmp_path):
         profile.mkdir()
         browser = Browser(profile)
         browser.call("Page.navigate", url=url)
-        seq, frames = next(iter(subject.sequences.items()))
 
         colour = shown(browser, frames[0], "colour")
         assert colour.std() > 10, "a blank canvas"
@@ -305,7 +377,24 @@ def test_view_in_a_browser(tiny_checkpoint, subject, tmp_path):
         )
         camera = subject.cameras[subject.default_camera]
         assert cv2.imread(str(path)).shape[0] == camera.height
+
+        assert f"sound: {sound.name}" in browser.text()
+        browser.click(  # play: the panel's one visible checkbox
+            "Array.from(document.querySelectorAll('input[type=checkbox]'))"
+            ".find(e => e.getBoundingClientRect().width > 0)"
+        )
+        duration = wait_for(
+            lambda: browser.evaluate(
+                "(a => a && a.duration > 0 && !a.paused ? a.duration : 0)(document.querySelector('audio'))"
+            ),
+            "the page to play the sound",
+        )
+        # the sound from the frame shown (the timeline may have come round to the first one again)
+        length = 1.0 + subject.frame_seconds(seq, frames[-1])
+        starts = [subject.frame_seconds(seq, frame) for frame in frames]
+        assert min(abs(duration - (length - start)) for start in starts) < 0.05, duration
     finally:
+        sound.unlink(missing_ok=True)
         if browser is not None:
             browser.close()
         server.terminate()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -23,6 +24,7 @@ from npva.io.multiface import read_image, read_transform
 SCENE_SCALE = 1e-3  # browser scene units (m) per world mm
 DRIVES_KEPT = 8  # frames whose drives stay loaded (scrubbing back and forth reloads none)
 SNAP_MM = 1.0  # a view this close to a capture camera's centre is that camera (background, colour)
+CAPTURE_FPS = 30.0  # Multiface's frame rate: frame numbers count 1/30 s
 
 
 @dataclass
@@ -68,6 +70,20 @@ class ViewSubject:
             return None
         camera = self.cameras[cam]
         return read_image(path, (camera.height, camera.width))
+
+    def audio(self, seq: str) -> Path | None:
+        """The sequence's sound (SUBJECT/audio/<seq>.wav, which starts with its first frame); None when
+        the capture has none."""
+        path = self.ctx.layout.audio(seq)
+        return path if path.is_file() else None
+
+    def frame_seconds(self, seq: str, frame: str) -> float:
+        """Seconds from the sequence's first frame to `frame` at the capture rate (by frame number, so
+        that a sequence with frames left out keeps its timing; by position when names are not numbers)."""
+        frames = self.sequences[seq]
+        if frame.isdigit() and frames[0].isdigit():
+            return (int(frame) - int(frames[0])) / CAPTURE_FPS
+        return frames.index(frame) / CAPTURE_FPS
 
     def nearest_camera(self, camera: Camera) -> str:
         """The capture camera that sees the head from the direction nearest to `camera`'s."""

@@ -6,11 +6,14 @@ change, and shows it behind the page's 3-D scene. Progressive: after a change th
 at 1/CPU_LEVELS[0] of the chosen height, then, once the camera has stopped, at each finer level in turn
 (on CUDA at the full size at once); new weights seen from a stopped camera are drawn at the full size.
 Playing renders the coarsest level of each frame and moves on; the timeline plays as fast as that
-goes, at most at the capture's 30 frames per second.
+goes, at most at the capture's 30 frames per second. A sequence with sound (SUBJECT/audio/<seq>.wav)
+plays with it: the page plays the sound from the shown frame on and the timeline follows the clock,
+skipping the frames it cannot render in time (npva.view.audio).
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import threading
@@ -21,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from npva.errors import NpvaError
+from npva.errors import FormatError, NpvaError
 from npva.geometry.camera import Camera
 from npva.io.multiface import write_image
+from npva.view.audio import player_html, wav_from
 from npva.view.export import turntable
 from npva.view.render import IMAGE_MODES, MODES, POINT_COLOURS, neural_points, render_image
-from npva.view.scene import SCENE_SCALE, ViewSubject, photo_in_view, scene_point, view_camera
+from npva.view.scene import CAPTURE_FPS, SCENE_SCALE, ViewSubject, photo_in_view, scene_point, view_camera
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,24 @@ class ClientState:
     shown_level: int = -1
 
 
+@dataclass
+class PlayClock:
+    """Playing with sound: the monotonic time and the sequence's seconds when the sound started, each
+    frame's seconds, and the index of the frame the clock last showed."""
+
+    started: float
+    start_seconds: float
+    frame_seconds: list[float]
+    index: int
+
+    def frame_now(self) -> int | None:
+        """The index of the frame the sound has reached; None once past the sequence's last frame."""
+        now = self.start_seconds + time.monotonic() - self.started
+        if now >= self.frame_seconds[-1] + 1 / CAPTURE_FPS:
+            return None
+        return max(bisect.bisect_right(self.frame_seconds, now) - 1, 0)
+
+
 class Viewer:
     """A viser server showing `subject`'s avatar; `start()` serves it, `close()` stops it.
 
@@ -94,6 +116,8 @@ class Viewer:
         self._points = None
         self._exports = itertools.count(1)
         self._last_played = 0.0
+        self._clock: PlayClock | None = None
+        self._sound_starts = itertools.count(1)
         self._build_panel()
         self._set_initial_camera()
         self.server.on_client_connect(self._connect)
@@ -110,7 +134,8 @@ class Viewer:
     def close(self) -> None:
         self._closed.set()
         self._wake.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
         self.server.stop()
 
     def changed(self, weights: bool = False) -> None:
@@ -133,6 +158,8 @@ class Viewer:
             self.frame = gui.add_slider("frame", 0, max(len(subject.sequences[seq]) - 1, 1), 1, 0)
             self.step = gui.add_button_group("step", ("previous", "next"))
             self.play = gui.add_checkbox("play", False)
+            self.sound = gui.add_markdown("")
+            self.player = gui.add_html("")
         with gui.add_folder("Display"):
             self.mode = gui.add_dropdown("mode", MODES, initial_value="colour")
             self.point_colour = gui.add_dropdown("points by", POINT_COLOURS, initial_value="feature")
@@ -155,16 +182,56 @@ class Viewer:
         self.step.on_click(lambda event: self._step_frame(1 if event.target.value == "next" else -1))
         for handle in (self.frame, self.mode, self.point_colour, self.photo, self.height):
             handle.on_update(lambda _: self.changed())
-        self.play.on_update(lambda _: self._wake.set())
+        self.play.on_update(lambda _: self._play_changed())
         snap.on_click(lambda event: self._snap(event.client))
         screenshot.on_click(lambda event: self._queue(lambda: self._screenshot(event.client)))
         turn.on_click(lambda event: self._queue(lambda: self._turntable(event.client)))
+        self._play_changed()  # says whether the first sequence has sound
 
     def _sequence_changed(self) -> None:
         frames = self.subject.sequences[self.sequence.value]
         self.frame.max = max(len(frames) - 1, 1)
         self.frame.value = 0
         self.changed()
+        self._play_changed()
+
+    def _play_changed(self) -> None:
+        """Start the sound with the timeline when the sequence has one; stop it otherwise."""
+        self._clock = None
+        self.player.content = ""
+        sound = self.subject.audio(self.sequence.value)
+        self.sound.content = f"sound: {sound.name}, plays with the timeline" if sound is not None else ""
+        if self.play.value and sound is not None:
+            self._start_sound(sound)
+        self._wake.set()
+
+    def _start_sound(self, sound: Path) -> None:
+        """Play `sound` from the shown frame on, and let the clock drive the timeline."""
+        seq, frame = self.current
+        start = self.subject.frame_seconds(seq, frame)
+        try:
+            wav = wav_from(sound, start)
+        except FormatError as exc:  # the timeline plays without it
+            self._clock = None
+            self.status.content = f"**error:** {exc}"
+            return
+        self.player.content = player_html(wav, next(self._sound_starts))
+        times = [self.subject.frame_seconds(seq, f) for f in self.subject.sequences[seq]]
+        self._clock = PlayClock(time.monotonic(), start, times, int(self.frame.value))
+
+    def _follow_clock(self, clock: PlayClock) -> None:
+        """Show the frame the sound has reached; at the end, start again from the first frame. A frame
+        picked by hand while playing restarts the sound there."""
+        if int(self.frame.value) != clock.index:
+            self._start_sound(self.subject.audio(self.sequence.value))
+            return
+        index = clock.frame_now()
+        if index is None:
+            self.frame.value = 0
+            self._start_sound(self.subject.audio(self.sequence.value))
+        elif index != clock.index:
+            clock.index = index
+            self.frame.value = index
 
     def _step_frame(self, by: int) -> None:
         self.frame.value = (int(self.frame.value) + by) % len(self.subject.sequences[self.sequence.value])
@@ -240,7 +307,10 @@ class Viewer:
                 self._jobs.pop(0)()
             playing = bool(self.play.value)
             shown = [self._refresh(client, playing) for client in list(self.server.get_clients().values())]
-            if playing and shown and all(shown) and time.monotonic() - self._last_played >= 1 / PLAY_FPS:
+            clock = self._clock  # the panel's thread may replace it
+            if playing and clock is not None:
+                self._follow_clock(clock)
+            elif playing and shown and all(shown) and time.monotonic() - self._last_played >= 1 / PLAY_FPS:
                 self._last_played = time.monotonic()
                 self._step_frame(1)
 
