@@ -141,7 +141,7 @@ def test_uncovered_pixels_show_the_background_and_covered_ones_match_a_full_rend
 
 def plane_depth(normal: np.ndarray, offset: float, K: np.ndarray, height: int, width: int) -> np.ndarray:
     """Camera z (H, W) of the plane n . X = offset seen through the pixel centres."""
-    rays = camera_points(np.ones((height, width)), K)  # (x, y, 1) per pixel
+    rays = camera_points(torch.ones(height, width, dtype=torch.float64), K).numpy()  # (x, y, 1) per pixel
     return offset / (rays @ normal)
 
 
@@ -158,7 +158,7 @@ def test_normals_of_a_plane_equal_its_normal(seed):
     depth = plane_depth(normal, offset, K, 64, 42)
     assert (depth > 0).all()
     depth[5:9, 10:14] = 0  # a hole: its pixels and their neighbours have no normal
-    normals = normal_map(depth, K)
+    normals = normal_map(torch.from_numpy(depth), K).numpy()
     known = np.linalg.norm(normals, axis=-1) > 0
     assert not known[0].any() and not known[:, -1].any() and not known[6, 12] and not known[4, 11]
     assert known.sum() == 62 * 40 - (16 + 4 * 4)  # the hole and the 4 pixels beside each of its sides

@@ -140,32 +140,36 @@ def depth_image(depth: np.ndarray, near: float | None = None, far: float | None 
     return image
 
 
-def camera_points(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
+def camera_points(depth: torch.Tensor, K: np.ndarray) -> torch.Tensor:
     """Back-project depth (H, W) camera z through the pixel centres with intrinsics K (3, 3):
-    (H, W, 3) camera-frame points (x right, y down, z forward)."""
+    (H, W, 3) camera-frame points (x right, y down, z forward), on depth's device and in its dtype."""
     height, width = depth.shape
-    v, u = np.mgrid[0:height, 0:width].astype(np.float64) + 0.5
+    options = {"dtype": depth.dtype, "device": depth.device}
+    v, u = torch.meshgrid(
+        torch.arange(height, **options) + 0.5, torch.arange(width, **options) + 0.5, indexing="ij"
+    )
     y = (v - K[1, 2]) / K[1, 1]
     x = (u - K[0, 2] - K[0, 1] * y) / K[0, 0]
-    return np.stack((x, y, np.ones_like(x)), -1) * depth[..., None]
+    return torch.stack((x, y, torch.ones_like(x)), -1) * depth[..., None]
 
 
-def normal_map(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """Unit camera-frame normals (H, W, 3) of the surface of depth (H, W), facing the camera.
+def normal_map(depth: torch.Tensor, K: np.ndarray) -> torch.Tensor:
+    """Unit camera-frame normals (H, W, 3) of the surface of depth (H, W), facing the camera, on
+    depth's device (the viewer's normals mode stays on the GPU).
 
     Central differences of the back-projected points along x and y, crossed; 0 where the pixel or one
     of its four neighbours has no depth (and on the image border).
     """
     points = camera_points(depth, K)
-    normals = np.zeros_like(points)
+    normals = torch.zeros_like(points)
     valid = depth > 0
     inner = valid[1:-1, 1:-1] & valid[1:-1, 2:] & valid[1:-1, :-2] & valid[2:, 1:-1] & valid[:-2, 1:-1]
     along_x = points[1:-1, 2:] - points[1:-1, :-2]
     along_y = points[2:, 1:-1] - points[:-2, 1:-1]
-    cross = np.cross(along_y, along_x)  # y down x x right points towards the camera
-    length = np.linalg.norm(cross, axis=-1, keepdims=True)
+    cross = torch.linalg.cross(along_y, along_x, dim=-1)  # y down x x right points towards the camera
+    length = torch.linalg.vector_norm(cross, dim=-1, keepdim=True)
     ok = inner & (length[..., 0] > 0)
-    normals[1:-1, 1:-1][ok] = (cross / np.maximum(length, 1e-30))[ok]
+    normals[1:-1, 1:-1] = torch.where(ok[..., None], cross / length.clamp(min=1e-30), 0.0)
     return normals
 
 
@@ -322,7 +326,7 @@ def _write_view_files(
     write_image(files["image"], image)
     write_image(files["compare"], np.concatenate((image, photo), axis=1))
     write_image(files["depth_png"], depth_image(depth))
-    write_image(files["normal_png"], normal_image(normal_map(depth, sample.camera.K)))
+    write_image(files["normal_png"], normal_image(normal_map(view.depth, sample.camera.K).cpu().numpy()))
     if preview:
         return record
     files["depth_npy"] = folder / f"{cam}_depth.npy"

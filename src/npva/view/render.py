@@ -58,11 +58,10 @@ def render_image(subject: ViewSubject, seq: str, frame: str, camera: Camera, mod
     view = render_avatar(subject, seq, frame, camera)
     if mode == "colour":
         return to_uint8(view.image)
-    depth = view.depth.cpu().numpy()
     if mode == "depth":
-        return depth_image(depth)
+        return depth_image(view.depth.cpu().numpy())
     if mode == "normals":
-        return normal_image(normal_map(depth, camera.K))
+        return normal_image(normal_map(view.depth, camera.K).cpu().numpy())
     if mode == "opacity":
         return to_uint8(opacity_map(view)[..., None].expand(-1, -1, 3))
     raise ValueError(f"unknown image mode {mode!r}; choose one of {', '.join(IMAGE_MODES)}")
