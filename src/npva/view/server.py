@@ -117,6 +117,7 @@ class Viewer:
         self._exports = itertools.count(1)
         self._last_played = 0.0
         self._clock: PlayClock | None = None
+        self._sound_lock = threading.Lock()  # the panel's thread and the render thread both start sounds
         self._sound_starts = itertools.count(1)
         self._build_panel()
         self._set_initial_camera()
@@ -197,12 +198,13 @@ class Viewer:
 
     def _play_changed(self) -> None:
         """Start the sound with the timeline when the sequence has one; stop it otherwise."""
-        self._clock = None
-        self.player.content = ""
-        sound = self.subject.audio(self.sequence.value)
-        self.sound.content = f"sound: {sound.name}, plays with the timeline" if sound is not None else ""
-        if self.play.value and sound is not None:
-            self._start_sound(sound)
+        with self._sound_lock:
+            self._clock = None
+            self.player.content = ""
+            sound = self.subject.audio(self.sequence.value)
+            self.sound.content = f"sound: {sound.name}, plays with the timeline" if sound is not None else ""
+            if self.play.value and sound is not None:
+                self._start_sound(sound)
         self._wake.set()
 
     def _start_sound(self, sound: Path) -> None:
@@ -222,16 +224,19 @@ class Viewer:
     def _follow_clock(self, clock: PlayClock) -> None:
         """Show the frame the sound has reached; at the end, start again from the first frame. A frame
         picked by hand while playing restarts the sound there."""
-        if int(self.frame.value) != clock.index:
-            self._start_sound(self.subject.audio(self.sequence.value))
-            return
-        index = clock.frame_now()
-        if index is None:
-            self.frame.value = 0
-            self._start_sound(self.subject.audio(self.sequence.value))
-        elif index != clock.index:
-            clock.index = index
-            self.frame.value = index
+        with self._sound_lock:
+            if clock is not self._clock:  # stopped or restarted meanwhile
+                return
+            if int(self.frame.value) != clock.index:
+                self._start_sound(self.subject.audio(self.sequence.value))
+                return
+            index = clock.frame_now()
+            if index is None:
+                self.frame.value = 0
+                self._start_sound(self.subject.audio(self.sequence.value))
+            elif index != clock.index:
+                clock.index = index
+                self.frame.value = index
 
     def _step_frame(self, by: int) -> None:
         self.frame.value = (int(self.frame.value) + by) % len(self.subject.sequences[self.sequence.value])
