@@ -264,21 +264,21 @@ def view_depth(
     sources: list[tuple[torch.Tensor, Camera]],
     settings: StereoSettings,
 ) -> torch.Tensor:
-    """(H, W) depth in mm of the reference view (grey (H, W), camera, prior (H, W) in mm) from its
-    sources [(grey, camera)], before the consistency check: 0 where the prior (spread by margin_mm) is
-    absent, the match is not confident (filtered NCC below min_ncc) or lies at the band's end, or the
-    reference pixel has no contrast (min_contrast: the dark, flat mouth cavity, the background)."""
-    ref_grey, camera, prior = ref
-    spread = spread_prior(prior, margin_pixels(camera, prior, settings.margin_mm))
-    depth = torch.zeros_like(prior)
+    """(H, W) depth in mm of the reference view (grey (H, W), camera, spread prior (H, W) in mm: the
+    mesh's depth spread by margin_mm, see view_prior) from its sources [(grey, camera)], before the
+    consistency check: 0 where the spread prior is absent, the match is not confident (filtered NCC below
+    min_ncc) or lies at the band's end, or the reference pixel has no contrast (min_contrast: the dark,
+    flat mouth cavity, the background)."""
+    ref_grey, camera, spread = ref
+    depth = torch.zeros_like(spread)
     if not sources or not bool((spread > 0).any()):
         return depth
     rows, cols = torch.nonzero(spread > 0, as_tuple=True)
     pad = settings.window // 2
-    top, bottom = max(int(rows.min()) - pad, 0), min(int(rows.max()) + pad + 1, prior.shape[0])
-    left, right = max(int(cols.min()) - pad, 0), min(int(cols.max()) + pad + 1, prior.shape[1])
+    top, bottom = max(int(rows.min()) - pad, 0), min(int(rows.max()) + pad + 1, spread.shape[0])
+    left, right = max(int(cols.min()) - pad, 0), min(int(cols.max()) + pad + 1, spread.shape[1])
     crop = (slice(top, bottom), slice(left, right))
-    pixels = pixel_centres(*prior.shape, device=prior.device)[crop]
+    pixels = pixel_centres(*spread.shape, device=spread.device)[crop]
     offsets = settings.offsets()
     centre = spread[crop]
     costs = sweep_costs(ref_grey[crop], pixels, camera, sources, centre, offsets, settings)
@@ -362,6 +362,13 @@ def fill_holes(
     return depth
 
 
+def view_prior(view: StereoView, settings: StereoSettings, device: torch.device | str) -> torch.Tensor:
+    """(H, W) float32 mm: the view's prior (the tracked mesh's depth) spread margin_mm beyond the mesh's
+    silhouette, where the sweep searches and filling starts from."""
+    prior = torch.as_tensor(view.prior, dtype=torch.float32, device=device)
+    return spread_prior(prior, margin_pixels(view.camera, prior, settings.margin_mm))
+
+
 def frame_depths(
     views: dict[str, StereoView],
     centre: np.ndarray,
@@ -375,10 +382,10 @@ def frame_depths(
     names = list(views)
     cameras = [views[name].camera for name in names]
     greys = [grey(views[name].image, device) for name in names]
-    priors = [torch.as_tensor(views[name].prior, dtype=torch.float32, device=device) for name in names]
+    spreads = [view_prior(views[name], settings, device) for name in names]
     sources = choose_sources(cameras, np.asarray(centre, np.float64), settings)
     raw = [
-        view_depth((greys[i], cameras[i], priors[i]), [(greys[j], cameras[j]) for j in sources[i]], settings)
+        view_depth((greys[i], cameras[i], spreads[i]), [(greys[j], cameras[j]) for j in sources[i]], settings)
         for i in range(len(names))
     ]
     keep = consistent(raw, cameras, sources, settings)
@@ -386,13 +393,5 @@ def frame_depths(
         torch.where(mask, depth, torch.zeros_like(depth)) for depth, mask in zip(raw, keep, strict=True)
     ]
     if settings.fill_window:
-        depths = [
-            fill_holes(
-                depth,
-                greys[i],
-                spread_prior(priors[i], margin_pixels(cameras[i], priors[i], settings.margin_mm)),
-                settings,
-            )
-            for i, depth in enumerate(depths)
-        ]
+        depths = [fill_holes(depth, greys[i], spreads[i], settings) for i, depth in enumerate(depths)]
     return {name: depth.cpu().numpy() for name, depth in zip(names, depths, strict=True)}

@@ -38,7 +38,6 @@ VISER_REQUIREMENT = "viser>=1.1"  # also the `view` extra: pip install 'npva[vie
 CPU_LEVELS = (4, 2, 1)  # progressive divisors of the picture's height on CPU
 CUDA_LEVELS = (1,)
 SETTLE_SECONDS = 0.15  # a camera unchanged this long has stopped: refine
-PLAY_FPS = 30.0  # the capture rate: playing never runs faster
 PHOTO = ("off", "beside", "blend")
 POINT_SIZE_MM = 1.0
 
@@ -315,7 +314,7 @@ class Viewer:
             clock = self._clock  # the panel's thread may replace it
             if playing and clock is not None:
                 self._follow_clock(clock)
-            elif playing and shown and all(shown) and time.monotonic() - self._last_played >= 1 / PLAY_FPS:
+            elif playing and shown and all(shown) and time.monotonic() - self._last_played >= 1 / CAPTURE_FPS:
                 self._last_played = time.monotonic()
                 self._step_frame(1)
 
