@@ -1,7 +1,7 @@
 """Rendering time per frame: the evaluation render of a trained avatar, stage by stage.
 
     python benchmarks/bench_render.py CHECKPOINT [--frames 20] [--full] [--kernels auto torch]
-        [--precision bf16 fp32] [--profile]
+        [--precision bf16 fp32] [--set render.KEY=VALUE ...] [--profile]
 
 Renders (frame, camera) samples of the checkpoint's subject as `npva render` does (the covered pixels of
 the coarse mesh, or every pixel with --full), in evaluation mode without gradient, once per combination
@@ -9,8 +9,9 @@ of render.kernels and network precision given (default: the Triton kernels, then
 reference; the precision the run was trained with). For each it prints the median milliseconds per
 frame (warm, the sample already on the device), the mean seconds per stage (a second pass with stage
 boundaries synchronized), the peak GPU memory allocated, the PSNR against the photos inside the coverage
-mask, and the speed-up and PSNR change of each combination against the last one. --profile adds the
-operations taking the most GPU time.
+mask, and the speed-up and PSNR change of each combination against the last one. Each --set is one
+more combination, compared with the first: its kernels and precision with that render setting
+changed. --profile adds the operations taking the most GPU time and the most host time.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 import torch
 from profiling import profiled
 
+from npva.config import apply_overrides
 from npva.eval.loading import evaluation_dataset, open_checkpoint
 from npva.eval.render import render_view
 from npva.model.avatar import PRECISIONS
@@ -40,8 +42,18 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="every pixel, not only the covered ones")
     parser.add_argument("--kernels", nargs="+", default=["auto", "torch"], help="render.kernels settings")
     parser.add_argument("--precision", nargs="+", help="network precision(s): bf16, fp32 (default: trained)")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="render.KEY=VALUE",
+        help="also render with this render setting changed (repeatable; e.g. render.chunk_rays=400000)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--profile", action="store_true", help="print the top GPU operations of each setting")
+    parser.add_argument(
+        "--profile", action="store_true", help="print the top GPU and host operations of each setting"
+    )
     args = parser.parse_args()
 
     ctx = open_checkpoint(args.checkpoint, subject=args.subject, device=args.device)
@@ -53,22 +65,34 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{len(samples)} frames of {width}x{height}, {'every pixel' if args.full else 'covered pixels'}")
     print(f"device {name}, torch {torch.__version__}, checkpoint step {ctx.step}")
+    precisions = args.precision or [ctx.config.train.precision]
+    combinations = [(k, p, None) for p in precisions for k in args.kernels]
+    combinations += [(args.kernels[0], precisions[0], setting) for setting in args.settings]
     results = []
-    for precision in args.precision or [ctx.config.train.precision]:
+    for kernels, precision, setting in combinations:
         ctx.avatar.autocast_dtype = PRECISIONS[precision] if device.type == "cuda" else None
-        for kernels in args.kernels:
-            ctx.avatar.render_config = dataclasses.replace(ctx.avatar.render_config, kernels=kernels)
-            label = f"render.kernels={kernels}, networks in {precision}"
-            with profiled(args.profile) as profiler:
-                results.append((label, measure(ctx.avatar, samples, args.full, device)))
-            report(*results[-1])
-            if profiler is not None:
-                print(profiler.key_averages().table(sort_by="self_device_time_total", row_limit=25))
-    last_label, last = results[-1]
-    for label, result in results[:-1]:
-        speedup = last["median"] / result["median"]
-        change = result["psnr"] - last["psnr"]
-        print(f"{label} against {last_label}: {speedup:.2f}x the speed, PSNR {change:+.3f} dB")
+        config = apply_overrides(ctx.config, [setting] if setting else [])
+        ctx.avatar.render_config = dataclasses.replace(config.render, kernels=kernels)
+        label = f"render.kernels={kernels}, networks in {precision}" + (f", {setting}" if setting else "")
+        with profiled(args.profile) as profiler:
+            results.append((label, measure(ctx.avatar, samples, args.full, device)))
+        report(*results[-1])
+        if profiler is not None:
+            averages = profiler.key_averages()
+            print(averages.table(sort_by="self_device_time_total", row_limit=25))
+            print(averages.table(sort_by="self_cpu_time_total", row_limit=25))  # the host's launch costs
+    base, changed = results[: len(results) - len(args.settings)], results[len(results) - len(args.settings) :]
+    compare(base[:-1], base[-1])
+    compare(changed, base[0])
+
+
+def compare(results: list[tuple[str, dict]], reference: tuple[str, dict]) -> None:
+    """Print each result's speed-up and PSNR change against the reference result."""
+    ref_label, ref = reference
+    for label, result in results:
+        speedup = ref["median"] / result["median"]
+        change = result["psnr"] - ref["psnr"]
+        print(f"{label} against {ref_label}: {speedup:.2f}x the speed, PSNR {change:+.3f} dB")
 
 
 def synchronize(device: torch.device) -> None:
