@@ -8,8 +8,9 @@ given) with train.profile_stages on, then prints the stage split: data (waiting 
 sample, drawing the GEP pixels), networks (encoder and map decoders), rasterization (the coarse UV mesh),
 sampling_query (depth-guided candidates, occupancy, neighbour index and query), decoding (neighbour
 aggregation, radiance MLPs, compositing), losses and backward (backward pass, gradient exchange and
-optimizer step). Stage boundaries synchronize the GPU, which costs a little: the median step is also
-measured in the same run.
+optimizer step). Stage boundaries synchronize the GPU, which costs some time: the step times of such a
+run include it. --no-stages trains without the stage timing (and prints no split): the step time of a
+user's run, where the host prepares the next step while the GPU still works on this one.
 
 --kernels takes one or more settings of render.kernels ("auto": the Triton kernels on CUDA; "torch": the
 plain PyTorch reference); each trains its own fresh run of the same steps, and the speed-up of each over
@@ -55,6 +56,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra settings")
     parser.add_argument("--kernels", nargs="+", default=["auto"], help="render.kernels settings to compare")
     parser.add_argument(
+        "--no-stages", action="store_true", help="no stage split: the step time without its synchronization"
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="also print the operations taking the most GPU time (slower)"
     )
     args = parser.parse_args()
@@ -68,7 +72,7 @@ def main() -> None:
     for kernels in args.kernels:
         overrides = [
             f"train.stop_after={args.steps}",
-            "train.profile_stages=true",
+            f"train.profile_stages={str(not args.no_stages).lower()}",
             "train.val_every=0",
             "train.progress=false",
             f"render.kernels={kernels}",
@@ -168,8 +172,9 @@ def print_report(report: dict[str, Any]) -> None:
     stages = timing.get("stage_seconds", {})
     medians = timing.get("stage_median_seconds", {})
     total = sum(stages.values()) or 1.0
-    print(f"  {'stage':15} {'mean':>9}     {'share':>5}   {'median':>8}")
-    for name in STAGES:
+    if stages:
+        print(f"  {'stage':15} {'mean':>9}     {'share':>5}   {'median':>8}")
+    for name in STAGES if stages else ():
         seconds = stages.get(name, 0.0)
         median = medians.get(name, 0.0)
         print(f"  {name:15} {seconds * 1e3:9.1f} ms  {100 * seconds / total:5.1f} %  {median * 1e3:7.1f} ms")

@@ -33,7 +33,7 @@ from npva.model.render import UVTemplate
 from npva.train import build_config, load_avatar, preset_config, train
 from npva.train import checkpoint as ckpt
 from npva.train.distributed import StepOrder
-from npva.train.engine import check_resumable, loader_workers
+from npva.train.engine import Trainer, check_resumable, loader_workers, with_next
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,40 @@ def test_stopped_run_resumed_from_the_command_line_matches_an_uninterrupted_one(
         assert torch.equal(resumed["gep"][name], reference["gep"][name]), name
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["finished"] and summary["resumed_from"] == 13
+
+
+def test_preparing_the_next_step_during_the_backward_pass_changes_no_result(
+    tiny_subject, gendir, tiny_run, tmp_path, monkeypatch
+):
+    drawn = []  # (the trainer's step when a step's input was prepared, that step)
+    prepare = Trainer._prepare
+
+    def spy(self, sample, step):
+        drawn.append((self.step, step))
+        return prepare(self, sample, step)
+
+    monkeypatch.setattr(Trainer, "_prepare", spy)
+    short = apply_overrides(preset_config("tiny"), ["train.stop_after=8", "train.val_every=0"])
+    train(tiny_subject, tmp_path / "overlapped", short, gendir=gendir)
+    assert len(drawn) == 8 and sum(now + 1 == step for now, step in drawn) >= 6  # the default
+
+    # tiny_run prepared its steps that way; one step at a time gives the same run bit for bit.
+    drawn.clear()
+    config = apply_overrides(preset_config("tiny"), ["train.overlap_steps=false"])
+    sequential = train(tiny_subject, tmp_path / "sequential", config, gendir=gendir)
+    assert drawn == [(step, step) for step in range(35)]
+    one_at_a_time = ckpt.load_checkpoint(sequential.checkpoint)
+    reference = ckpt.load_checkpoint(tiny_run.checkpoint)
+    for name, tensor in reference["model"].items():
+        if isinstance(tensor, torch.Tensor):
+            assert torch.equal(one_at_a_time["model"][name], tensor), name
+    for name in ("error_map", "error_count"):
+        assert torch.equal(one_at_a_time["gep"][name], reference["gep"][name]), name
+
+
+def test_with_next_pairs_each_item_with_the_following_one():
+    assert list(with_next([])) == []
+    assert list(with_next(iter([1, 2, 3]))) == [(1, 2), (2, 3), (3, None)]
 
 
 def test_checkpoints_are_complete_and_render_without_the_gendir(tiny_run, tiny_subject):

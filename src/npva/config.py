@@ -292,6 +292,9 @@ class TrainConfig:
     progress: bool = resumable(True)  # progress bar on the terminal
     # Time each stage of a step (synchronizes CUDA at stage boundaries).
     profile_stages: bool = resumable(False)
+    # One process: draw the next step's pixels and start copying its sample to the device while the
+    # device runs this step's backward pass. The same results either way; false: one step at a time.
+    overlap_steps: bool = resumable(True)
 
 
 @dataclass

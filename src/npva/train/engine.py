@@ -199,6 +199,27 @@ def saved_run_config(run_dir: Path) -> ExperimentConfig | None:
     return dataclasses.replace(config, train=dataclasses.replace(config.train, stop_after=None))
 
 
+@dataclass
+class PreparedStep:
+    """A step's input: the sample as the loader gave it, its GEP pixels (R, 2) long and the sample on
+    the training device (copies possibly still running)."""
+
+    sample: TrainSample
+    pixels: torch.Tensor
+    on_device: TrainSample
+
+
+def with_next(items: Iterable[Any]) -> Iterator[tuple[Any, Any | None]]:
+    """Each item with the one after it (None with the last)."""
+    iterator = iter(items)
+    done = object()
+    current = next(iterator, done)
+    while current is not done:
+        upcoming = next(iterator, done)
+        yield current, None if upcoming is done else upcoming
+        current = upcoming
+
+
 class RunTiming:
     """Step times of this invocation (with each step's GEP phase) and, when stages are profiled, their
     per-stage seconds."""
@@ -320,6 +341,7 @@ class Trainer:
         self.model = wrap_model(self.avatar, ctx, tc.sync_batchnorm)
         self.writer = open_tensorboard(run_dir / TENSORBOARD) if ctx.is_main else None
         self._interval = torch.zeros(2, len(LOG_KEYS), dtype=torch.float64)  # sums, counts
+        self._prepared: PreparedStep | None = None  # the next step's, drawn during the last step
         self.log_records: list[dict[str, float]] = []
         self.timing = RunTiming()
         self.validations: list[Validation] = []
@@ -355,11 +377,11 @@ class Trainer:
         )
         timer = StageTimer(self._synchronize) if tc.profile_stages else None
         tick = time.perf_counter()
-        for sample in self._loader(self.step, stop):
+        for sample, upcoming in with_next(self._loader(self.step, stop)):
             arrived = time.perf_counter()
             phase = self.phase  # of this step, before train_step counts it
             with timer.active() if timer is not None else contextlib.nullcontext():
-                scalars = self.train_step(sample)
+                scalars = self.train_step(sample, upcoming)
             now = time.perf_counter()
             scalars["step_seconds"] = now - tick
             if timer is not None:
@@ -440,33 +462,34 @@ class Trainer:
             generator=torch.Generator().manual_seed(tc.seed),  # keeps the global generator untouched
         )
 
-    def _generators(self, step: int) -> tuple[torch.Generator, torch.Generator]:
-        """(CPU generator for the pixels, device generator for the latent and the jitter) of a step."""
-        seed, rank = self.config.train.seed, self.ctx.rank
-        pixels = torch.Generator().manual_seed(derived_seed(seed, step, rank, 0))
-        render = torch.Generator(self.device).manual_seed(derived_seed(seed, step, rank, 1))
-        return pixels, render
+    def _pixel_generator(self, step: int) -> torch.Generator:
+        """The CPU generator of step `step`'s GEP pixels."""
+        return torch.Generator().manual_seed(derived_seed(self.config.train.seed, step, self.ctx.rank, 0))
+
+    def _render_generator(self, step: int) -> torch.Generator:
+        """The device generator of step `step`'s latent sample and sampling jitter."""
+        seed = derived_seed(self.config.train.seed, step, self.ctx.rank, 1)
+        return torch.Generator(self.device).manual_seed(seed)
 
     # ---- one step ---------------------------------------------------------------------------------
 
-    def train_step(self, sample: TrainSample) -> dict[str, float]:
+    def train_step(self, sample: TrainSample, upcoming: TrainSample | None = None) -> dict[str, float]:
         """Render, compute the losses and update the parameters and error maps for one sample;
-        returns the step's scalars (loss, PSNR of the sampled rays, terms, gradient norm, ...)."""
-        if (sample.camera.height, sample.camera.width) != (self.height, self.width):
-            raise NpvaError(
-                f"training images must share one size: {sample.seq} {sample.frame} camera {sample.cam} is "
-                f"{sample.camera.height}x{sample.camera.width}, others {self.height}x{self.width}"
-            )
+        returns the step's scalars (loss, PSNR of the sampled rays, terms, gradient norm, ...).
+
+        upcoming: the next step's sample, if known; its pixels are drawn and its copy to the device
+        started while the device runs this step's backward pass (see _overlaps).
+        """
+        self._check_size(sample)
         phase = self.phase
-        pixel_generator, render_generator = self._generators(self.step)
-        with stage("data"):
-            pixels = self.gep.sample(sample.index, phase, sample.targets.mask, pixel_generator).to(
-                self.device
-            )
-            sample = sample.to(self.device, non_blocking=True)
+        prepared = self._prepared if self._prepared and self._prepared.sample is sample else None
+        self._prepared = None
+        if prepared is None:
+            prepared = self._prepare(sample, self.step)
+        pixels, sample = prepared.pixels, prepared.on_device
         self.model.train()
         try:
-            out = self.model(sample.drive, sample.camera, pixels, render_generator)
+            out = self.model(sample.drive, sample.camera, pixels, self._render_generator(self.step))
         except NonFiniteError as exc:
             raise self._diverged(str(exc)) from None
         with stage("losses"):
@@ -474,6 +497,11 @@ class Trainer:
             total, terms, (colour, target) = self.avatar.loss_terms(
                 out, sample.targets, patch_shape, self.perceptual
             )
+        with stage("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+        if upcoming is not None and self._overlaps(sample, upcoming):
+            self._prepared = self._prepare(upcoming, self.step + 1)
         with stage("backward"):
             grad_norm = self._update_parameters(total)
         errors = colour_error(colour.detach(), target)
@@ -489,10 +517,42 @@ class Trainer:
         values = torch.stack([v.float().reshape(()) for v in named.values()]).tolist()
         return {**dict(zip(named, values, strict=True)), "rays": float(pixels.shape[0])}
 
+    def _check_size(self, sample: TrainSample) -> None:
+        if (sample.camera.height, sample.camera.width) != (self.height, self.width):
+            raise NpvaError(
+                f"training images must share one size: {sample.seq} {sample.frame} camera {sample.cam} is "
+                f"{sample.camera.height}x{sample.camera.width}, others {self.height}x{self.width}"
+            )
+
+    def _prepare(self, sample: TrainSample, step: int) -> PreparedStep:
+        """Step `step`'s GEP pixels of `sample` and the sample on the device, both copies started
+        without waiting (the pixels from page-locked memory on CUDA, so that the copy does not wait
+        for the work already queued)."""
+        phase = self.gep.phase_at(step / self.steps_per_epoch)
+        with stage("data"):
+            pixels = self.gep.sample(sample.index, phase, sample.targets.mask, self._pixel_generator(step))
+            if self.device.type == "cuda":
+                pixels = pixels.pin_memory()
+            return PreparedStep(
+                sample,
+                pixels.to(self.device, non_blocking=True),
+                sample.to(self.device, non_blocking=True),
+            )
+
+    def _overlaps(self, sample: TrainSample, upcoming: TrainSample) -> bool:
+        """Whether the upcoming step can be prepared before this step's error maps are updated: on one
+        process (several fold every process's images into the maps), for another image than this one
+        (whose map this step changes) of the training size."""
+        return (
+            self.config.train.overlap_steps
+            and not self.ctx.enabled
+            and upcoming.index != sample.index
+            and (upcoming.camera.height, upcoming.camera.width) == (self.height, self.width)
+        )
+
     def _update_parameters(self, total: torch.Tensor) -> torch.Tensor:
-        """Backward pass, optional clipping, optimizer and scheduler steps; the gradient norm."""
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        """After the backward pass: optional clipping, optimizer and scheduler steps; the gradient
+        norm."""
         max_norm = self.config.train.grad_clip or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.avatar.parameters(), max_norm)
         if not torch.isfinite(grad_norm):  # the same on every process: gradients are averaged
