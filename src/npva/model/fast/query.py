@@ -4,7 +4,8 @@
 dense table of each grid cell's first sorted point and point count. A query is one kernel launch:
 each program takes BLOCK_Q queries (ordered by grid cell, so that neighbouring programs read the same
 cells) and walks the (2 reach + 1)^3 cells around each query's cell, nearest cells first, skipping
-cells whose box lies beyond the radius. Candidates come in tiles of KP (K rounded up to a power of two)
+cells whose box lies beyond the radius or, once a query holds K neighbours, beyond its K-th nearest
+(on a dense point set, most of the searched cells: their points could not enter its list). Candidates come in tiles of KP (K rounded up to a power of two)
 per query; each query's running K best (distance, index) keys, packed into int64 exactly as the
 reference packs them, are merged with a tile by one bitonic merge (the K smallest of two sorted lists
 are the elementwise minimum of one ascending and the other descending, a bitonic sequence), and only
@@ -26,8 +27,9 @@ from npva.model.query import _EMPTY_KEY, NeighbourIndex
 
 # Above this many grid cells the dense table is not built and queries take the reference path.
 MAX_TABLE_CELLS = 1 << 26
-# A cell is skipped when its box is farther from the query than the radius widened by this fraction,
-# a margin far above the rounding of positions within metres of the grid origin.
+# A cell is skipped when its box is farther from the query than the radius (or the K-th neighbour)
+# widened by this fraction plus this fraction of a cell: margins far above the rounding of positions
+# within metres of the grid origin.
 _BOX_MARGIN = 1e-3
 
 
@@ -48,6 +50,8 @@ def _knn_kernel(
     cell,
     radius_sq,
     box_radius_sq,
+    box_scale,
+    box_slack,
     dim0,
     dim1,
     dim2,
@@ -83,7 +87,11 @@ def _knn_kernel(
         gap_x = tl.maximum(tl.maximum(low_x - qx, qx - (low_x + cell)), 0.0)
         gap_y = tl.maximum(tl.maximum(low_y - qy, qy - (low_y + cell)), 0.0)
         gap_z = tl.maximum(tl.maximum(low_z - qz, qz - (low_z + cell)), 0.0)
-        near = gap_x * gap_x + gap_y * gap_y + gap_z * gap_z <= box_radius_sq
+        # Beyond the K-th neighbour (worst's distance, when the row is full) no point can enter the row.
+        worst_d = tl.sqrt((worst >> 32).to(tl.int32).to(tl.float32, bitcast=True))
+        reach = box_scale * worst_d + box_slack
+        limit = tl.where(worst == empty, box_radius_sq, tl.minimum(reach * reach, box_radius_sq))
+        near = gap_x * gap_x + gap_y * gap_y + gap_z * gap_z <= limit
         key = (c0 * dim1 + c1) * dim2 + c2
         searched = inside & near
         start = tl.load(cell_start_ptr + key, mask=searched, other=0)
@@ -175,6 +183,8 @@ class TritonNeighbourIndex(NeighbourIndex):
             self.cell,
             radius_sq,
             box_radius * box_radius,
+            1.0 + _BOX_MARGIN,
+            _BOX_MARGIN * self.cell,
             *self.dims_host,
             keys,
             REACH=self.reach,
