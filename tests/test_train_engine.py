@@ -33,7 +33,7 @@ from npva.model.render import UVTemplate
 from npva.train import build_config, load_avatar, preset_config, train
 from npva.train import checkpoint as ckpt
 from npva.train.distributed import StepOrder
-from npva.train.engine import Trainer, check_resumable, loader_workers, with_next
+from npva.train.engine import Trainer, check_resumable, check_settings, loader_workers, with_next
 
 
 @pytest.fixture(scope="module")
@@ -460,6 +460,12 @@ def test_cudnn_autotune_setting_decides_cudnn_benchmark(tiny_subject, gendir, tm
     )
     train(tiny_subject, tmp_path / "run", config, gendir=gendir)
     assert torch.backends.cudnn.benchmark is autotune
+
+
+def test_settings_check_takes_the_machine_chosen_workers_and_refuses_negative_ones():
+    check_settings(preset_config("full"))  # train.workers None: chosen by the machine
+    with pytest.raises(NpvaError, match="train.workers must be at least 0"):
+        check_settings(apply_overrides(preset_config("full"), ["train.workers=-1"]))
 
 
 def test_loader_workers_default_leaves_a_core_per_training_process_on_cuda():

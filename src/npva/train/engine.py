@@ -741,7 +741,7 @@ def check_settings(config: ExperimentConfig) -> None:
         "workers": 0,
     }
     for name, low in minimum.items():
-        if getattr(tc, name) < low:
+        if getattr(tc, name) is not None and getattr(tc, name) < low:  # workers None: by the machine
             raise NpvaError(f"train.{name} must be at least {low}, got {getattr(tc, name)}")
     for name in ("steps_per_epoch", "stop_after"):
         value = getattr(tc, name)
