@@ -195,6 +195,18 @@ def test_invalid_neighbours_do_not_affect_the_output(decoder_class):
 
 
 @pytest.mark.parametrize("decoder_class", DECODERS)
+def test_without_camera_offsets_the_camera_frame_offset_changes_nothing(decoder_class):
+    decoder = decoder_class(small_config(camera_offsets=False), FEATURES)
+    published = decoder_class(small_config(), FEATURES)
+    assert published.code_width - decoder.code_width == encoded_width(3, 5, include_input=False)
+    inputs = random_inputs(16, 6, 4)
+    turned = dict(inputs, offsets_camera=inputs["offsets_camera"].flip(-1) + 1.0)
+    for a, b in zip(decoder(**inputs), decoder(**turned), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(published(**inputs)[0], published(**turned)[0])
+
+
+@pytest.mark.parametrize("decoder_class", DECODERS)
 def test_rows_without_neighbours_give_zero_and_outputs_stay_in_range(decoder_class):
     decoder = decoder_class(small_config(), FEATURES)
     inputs = random_inputs(32, 4, 4, seed=3)

@@ -139,6 +139,9 @@ class DecoderConfig:
     feature_frequencies: int = 3  # PE_3 of the aggregated feature
     offset_frequencies: int = 5  # PE_5 of the 6-channel offset
     direction_frequencies: int = 4  # PE_4 of the ray direction
+    # The offsets' camera-frame copy is a decoder input (published). False: the world-frame offsets only,
+    # so that density and colour depend on the camera through the ray direction alone.
+    camera_offsets: bool = True
     hidden: int = 128  # width of the lightweight decoder's MLPs
     pointnerf_hidden: int = 256  # width of the Point-NeRF decoder's MLPs
     leaky_slope: float = 0.2  # negative slope of the decoder MLPs' LeakyReLUs

@@ -94,11 +94,12 @@ class _NeighbourDecoder(nn.Module):
         self.cfg = cfg
         self.feature_dim = feature_dim
         self.colour_residual = colour_residual
+        self.offset_channels = OFFSET_CHANNELS if cfg.camera_offsets else OFFSET_CHANNELS // 2
         # h = [f, PE(f), PE(offset)]: 32 + 192 + 60 = 284 at the published sizes
         self.code_width = (
             feature_dim
             + encoded_width(feature_dim, cfg.feature_frequencies, include_input=False)
-            + encoded_width(OFFSET_CHANNELS, cfg.offset_frequencies, include_input=False)
+            + encoded_width(self.offset_channels, cfg.offset_frequencies, include_input=False)
         )
         self.direction_width = encoded_width(
             DIRECTION_CHANNELS, cfg.direction_frequencies, include_input=False
@@ -142,8 +143,10 @@ class _NeighbourDecoder(nn.Module):
         return torch.where(mask, features, 0.0), torch.where(mask, offsets, 0.0)
 
     def _shading_code(self, features: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """h = [f, PE(f), PE(offsets)]: (...,C), (...,6) -> (..., code_width)."""
+        """h = [f, PE(f), PE(offsets)]: (...,C), (...,6) -> (..., code_width); without
+        cfg.camera_offsets the offsets' camera-frame half is left out."""
         cfg = self.cfg
+        offsets = offsets[..., : self.offset_channels]
         return torch.cat(
             [
                 features,

@@ -1,17 +1,17 @@
 """The exact neighbour query as one Triton kernel (reference: `npva.model.query.NeighbourIndex`).
 
 `TritonNeighbourIndex` is a `NeighbourIndex` (the same grid, cells and sorted points) that also keeps a
-dense table of each grid cell's first sorted point and point count. A query is one kernel launch:
-each program takes BLOCK_Q queries (ordered by grid cell, so that neighbouring programs read the same
-cells) and walks the (2 reach + 1)^3 cells around each query's cell, nearest cells first, skipping
-cells whose box lies beyond the radius or, once a query holds K neighbours, beyond its K-th nearest
-(on a dense point set, most of the searched cells: their points could not enter its list). Candidates come in tiles of KP (K rounded up to a power of two)
-per query; each query's running K best (distance, index) keys, packed into int64 exactly as the
-reference packs them, are merged with a tile by one bitonic merge (the K smallest of two sorted lists
-are the elementwise minimum of one ascending and the other descending, a bitonic sequence), and only
-when some candidate of the tile beats its query's K-th best. Squared distances are
-computed with the reference's operations in its order and floating-point contraction off, so that the
-keys, and hence the neighbours and their order, equal the reference's bit for bit.
+dense table of each grid cell's first sorted point and point count. A query is one kernel launch: each
+program takes BLOCK_Q queries (ordered by grid cell, so that neighbouring programs read the same cells)
+and walks the (2 reach + 1)^3 cells around each query's cell, nearest cells first, skipping cells whose
+box lies beyond the radius or, once a query holds K neighbours, beyond its K-th nearest (on a dense
+point set, most of the searched cells: their points could not enter its list). Candidates come in tiles
+of KP (K rounded up to a power of two) per query; each query's running K best (distance, index) keys,
+packed into int64 exactly as the reference packs them, are merged with a tile by one bitonic merge (the
+K smallest of two sorted lists are the elementwise minimum of one ascending and the other descending, a
+bitonic sequence), and only when some candidate of the tile beats its query's K-th best. Squared
+distances are computed with the reference's operations in its order and floating-point contraction off,
+so that the keys, and hence the neighbours and their order, equal the reference's bit for bit.
 """
 
 from __future__ import annotations
