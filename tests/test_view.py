@@ -35,6 +35,7 @@ CHROMIUM_FLAGS = (
     "--remote-debugging-port=0",
 )
 WAIT_S = 60.0
+DRAW_S = 20.0  # the longest wait for a picture to be drawn after its text
 
 
 @pytest.fixture(scope="module")
@@ -306,17 +307,27 @@ def button(text: str) -> str:
     return f"Array.from(document.querySelectorAll('button')).find(b => b.textContent === '{text}')"
 
 
-def shown(browser: Browser, frame: str, mode: str) -> np.ndarray:
+def shown(browser: Browser, frame: str, mode: str, drawn) -> np.ndarray:
     """The screenshot once the viewer says it shows `frame` in `mode` at full size (the viewport's
-    centre, where the head is and the panel is not)."""
+    centre, where the head is and the panel is not), taken again until `drawn(crop)` holds or
+    DRAW_S pass: software WebGL on a loaded machine may draw the picture seconds after its text."""
     wait_for(
         lambda: (text := browser.text()) and f"{frame}, {mode}:" in text and "refining" not in text,
         f"the viewer to show frame {frame} in {mode}",
     )
-    time.sleep(1.0)  # the picture arrived with the text; let the page draw it
-    shot = browser.screenshot()
-    height, width = shot.shape[:2]
-    return shot[height // 4 : 3 * height // 4, width // 4 : width // 2 + width // 8]
+    deadline = time.monotonic() + DRAW_S
+    while True:
+        time.sleep(0.5)
+        shot = browser.screenshot()
+        height, width = shot.shape[:2]
+        crop = shot[height // 4 : 3 * height // 4, width // 4 : width // 2 + width // 8]
+        if drawn(crop) or time.monotonic() > deadline:
+            return crop
+
+
+def differs_from(before: np.ndarray, by: float):
+    """A test of a crop: its mean absolute difference from `before` is above `by`."""
+    return lambda crop: np.abs(crop.astype(int) - before).mean() > by
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium (make test installs it with apt-get when it can)")
@@ -356,19 +367,19 @@ def test_view_in_a_browser(tiny_checkpoint, subject, tmp_path):
         browser = Browser(profile)
         browser.call("Page.navigate", url=url)
 
-        colour = shown(browser, frames[0], "colour")
+        colour = shown(browser, frames[0], "colour", lambda crop: crop.std() > 10)
         assert colour.std() > 10, "a blank canvas"
         assert len(np.unique(colour.reshape(-1, 3), axis=0)) > 50, "a blank canvas"
 
         browser.click(button("next"))
-        next_frame = shown(browser, frames[1], "colour")
+        next_frame = shown(browser, frames[1], "colour", differs_from(colour, 0.5))
         assert np.abs(next_frame.astype(int) - colour).mean() > 0.5, "the next frame looks the same"
 
         browser.click(options("colour"))
         browser.click(
             "Array.from(document.querySelectorAll('[role=option]')).find(o => o.textContent === 'depth')"
         )
-        depth = shown(browser, frames[1], "depth")
+        depth = shown(browser, frames[1], "depth", differs_from(next_frame, 10))
         assert np.abs(depth.astype(int) - next_frame).mean() > 10, "depth looks like colour"
 
         browser.click(button("screenshot"))
