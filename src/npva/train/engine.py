@@ -517,8 +517,11 @@ class Trainer:
         values = torch.stack([v.float().reshape(()) for v in named.values()]).tolist()
         return {**dict(zip(named, values, strict=True)), "rays": float(pixels.shape[0])}
 
+    def _of_training_size(self, sample: TrainSample) -> bool:
+        return (sample.camera.height, sample.camera.width) == (self.height, self.width)
+
     def _check_size(self, sample: TrainSample) -> None:
-        if (sample.camera.height, sample.camera.width) != (self.height, self.width):
+        if not self._of_training_size(sample):
             raise NpvaError(
                 f"training images must share one size: {sample.seq} {sample.frame} camera {sample.cam} is "
                 f"{sample.camera.height}x{sample.camera.width}, others {self.height}x{self.width}"
@@ -547,7 +550,7 @@ class Trainer:
             self.config.train.overlap_steps
             and not self.ctx.enabled
             and upcoming.index != sample.index
-            and (upcoming.camera.height, upcoming.camera.width) == (self.height, self.width)
+            and self._of_training_size(upcoming)
         )
 
     def _update_parameters(self, total: torch.Tensor) -> torch.Tensor:
@@ -741,8 +744,9 @@ def check_settings(config: ExperimentConfig) -> None:
         "workers": 0,
     }
     for name, low in minimum.items():
-        if getattr(tc, name) is not None and getattr(tc, name) < low:  # workers None: by the machine
-            raise NpvaError(f"train.{name} must be at least {low}, got {getattr(tc, name)}")
+        value = getattr(tc, name)
+        if value is not None and value < low:  # workers None: chosen by the machine
+            raise NpvaError(f"train.{name} must be at least {low}, got {value}")
     for name in ("steps_per_epoch", "stop_after"):
         value = getattr(tc, name)
         if value is not None and value < (1 if name == "steps_per_epoch" else 0):
