@@ -19,6 +19,7 @@ import torch
 
 from npva.eval.baseline import textured_mesh_image
 from npva.eval.loading import evaluation_dataset, open_checkpoint
+from npva.io.multiface import write_image
 
 
 def band_masks(mask: torch.Tensor, bands: int) -> list[torch.Tensor]:
@@ -65,9 +66,7 @@ def main() -> None:
             for row, image in enumerate((avatar, floor)):
                 squared[row, b] += float(((image - photo)[band] ** 2).sum())
         if index == 0 and args.image:
-            import imageio.v3 as iio
-
-            iio.imwrite(args.image, comparison_image(photo.cpu(), avatar.cpu(), floor.cpu(), mask.cpu()))
+            write_image(args.image, comparison_image(photo.cpu(), avatar.cpu(), floor.cpu(), mask.cpu()))
     print(f"{len(dataset)} frames from camera {args.camera}, PSNR dB in bands of the mask, top to bottom")
     print(f"{'band':>4} {'pixels':>8} {'avatar':>7} {'floor':>7} {'margin':>7}")
     for b in range(args.bands):

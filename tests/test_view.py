@@ -286,14 +286,14 @@ class Browser:
         self.process.wait(timeout=10)
 
 
-def wait_for(condition, what: str):
-    deadline = time.monotonic() + WAIT_S
+def wait_for(condition, what: str, seconds: float = WAIT_S):
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError(f"waited {WAIT_S:.0f} s for {what}")
+    raise AssertionError(f"waited {seconds:.0f} s for {what}")
 
 
 def options(label: str) -> str:
@@ -309,20 +309,20 @@ def button(text: str) -> str:
 
 def shown(browser: Browser, frame: str, mode: str, drawn) -> np.ndarray:
     """The screenshot once the viewer says it shows `frame` in `mode` at full size (the viewport's
-    centre, where the head is and the panel is not), taken again until `drawn(crop)` holds or
-    DRAW_S pass: software WebGL on a loaded machine may draw the picture seconds after its text."""
+    centre, where the head is and the panel is not), taken again until `drawn(crop)` holds (for up to
+    DRAW_S): software WebGL on a loaded machine may draw the picture seconds after its text."""
     wait_for(
         lambda: (text := browser.text()) and f"{frame}, {mode}:" in text and "refining" not in text,
         f"the viewer to show frame {frame} in {mode}",
     )
-    deadline = time.monotonic() + DRAW_S
-    while True:
-        time.sleep(0.5)
+
+    def drawn_crop() -> tuple[np.ndarray] | None:
         shot = browser.screenshot()
         height, width = shot.shape[:2]
         crop = shot[height // 4 : 3 * height // 4, width // 4 : width // 2 + width // 8]
-        if drawn(crop) or time.monotonic() > deadline:
-            return crop
+        return (crop,) if drawn(crop) else None
+
+    return wait_for(drawn_crop, f"frame {frame} in {mode} to be drawn", DRAW_S)[0]
 
 
 def differs_from(before: np.ndarray, by: float):
