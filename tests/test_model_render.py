@@ -12,12 +12,12 @@ import torch
 
 from npva.config import DecoderConfig, ModelConfig, RenderConfig, SamplingConfig
 from npva.data.frames import FrameDrive
-from npva.geometry.camera import look_at
+from npva.geometry.camera import look_at, pixel_rays
 from npva.model.avatar import Avatar
 from npva.model.decoding import make_radiance_decoder
 from npva.model.networks import AvatarNetwork, DecodedMaps
 from npva.model.query import knn_radius_bruteforce
-from npva.model.render import UVTemplate, build_scene, decode_at, render_rays
+from npva.model.render import UVTemplate, build_scene, decode_at, render_rays, tracked_uv_image
 
 UV = 16  # coarse map side
 POINTS = 32  # point map side
@@ -265,6 +265,20 @@ def test_densified_points_close_the_holes_of_a_stretched_layout():
     assert sampled[0.0] < 0.8 and sampled[2.0] == 1.0
 
 
+def _bilinear(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Plainly: texture (3, T, T) at uv (N, 2) (u right, v up), bilinear between the four nearest texel
+    centres, clamped at the border -> (N, 3)."""
+    size = texture.shape[-1]
+    x = (uv[:, 0] * size - 0.5).clamp(0, size - 1)
+    y = ((1 - uv[:, 1]) * size - 0.5).clamp(0, size - 1)
+    x0, y0 = x.floor().long().clamp(max=size - 2), y.floor().long().clamp(max=size - 2)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    texel = lambda yy, xx: texture[:, yy, xx].T  # noqa: E731
+    return (1 - fy) * ((1 - fx) * texel(y0, x0) + fx * texel(y0, x0 + 1)) + fy * (
+        (1 - fx) * texel(y0 + 1, x0) + fx * texel(y0 + 1, x0 + 1)
+    )
+
+
 def test_texture_lookup_colours_shading_points_with_the_texture_at_their_blended_uv():
     network, _ = _models()
     maps = _leaf_maps(network)
@@ -293,14 +307,7 @@ def test_texture_lookup_colours_shading_points_with_the_texture_at_their_blended
     weights = torch.where(found, 1 / dist.clamp_min(cfg.decoder.min_distance_mm), 0.0)
     weights = weights / weights.sum(1, keepdim=True)
     uv = (weights[..., None] * scene.points.uv[idx.clamp_min(0)]).sum(1)
-    x = (uv[:, 0] * 8 - 0.5).clamp(0, 7)
-    y = ((1 - uv[:, 1]) * 8 - 0.5).clamp(0, 7)
-    x0, y0 = x.floor().long().clamp(max=6), y.floor().long().clamp(max=6)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    texel = lambda yy, xx: texture[:, yy, xx].T  # noqa: E731
-    expected = (1 - fy) * ((1 - fx) * texel(y0, x0) + fx * texel(y0, x0 + 1)) + fy * (
-        (1 - fx) * texel(y0 + 1, x0) + fx * texel(y0 + 1, x0 + 1)
-    )
+    expected = _bilinear(texture, uv)
     assert torch.equal(seen["valid"], found) and found.any(1).all()
     # Every slot carries the looked-up colour in its RGB channels; the other channels are the points'.
     torch.testing.assert_close(seen["features"][..., -3:], expected[:, None, :].expand(-1, cfg.query.k, -1))
@@ -309,3 +316,90 @@ def test_texture_lookup_colours_shading_points_with_the_texture_at_their_blended
     # The colour depends on where the points are: positions get gradient through the blended UV.
     seen["features"][..., -3:].sum().backward()
     assert maps.displacement.grad.abs().sum() > 0
+
+
+def _tracked_plane(size: int) -> torch.Tensor:
+    """(3, size, size) position map of the plane z = 5 mm, 60 mm across (x = 60 (u - 1/2), y = 60 (v -
+    1/2)), NaN outside a disc of UV texels."""
+    centre = (torch.arange(size) + 0.5) / size
+    v, u = 1 - centre[:, None].expand(size, size), centre[None, :].expand(size, size)
+    plane = torch.stack(((u - 0.5) * 60, (v - 0.5) * 60, torch.full_like(u, 5.0)))
+    return torch.where((u - 0.5) ** 2 + (v - 0.5) ** 2 < 0.2, plane, float("nan"))
+
+
+def test_tracked_uv_image_is_the_uv_where_each_ray_meets_the_tracked_mesh():
+    camera = _camera(48, 64, 360.0)
+    uv = tracked_uv_image(_tracked_plane(24), *POSE, camera)
+    assert uv.shape == (48, 64, 2)
+    # Plainly: each pixel centre's ray meets the posed plane z = 15 mm at one point, whose (x, y) give
+    # its UV; the grid mesh spans the texel centres of the disc, so pixels well inside it are covered.
+    origin, directions = pixel_rays(camera)
+    depth = (15.0 - origin[2]) / directions[..., 2]
+    hit = origin + depth[..., None] * directions  # (H, W, 3)
+    expected = hit[..., :2] / 60 + 0.5
+    inside = ((expected - 0.5) ** 2).sum(-1) < 0.15
+    outside = ((expected - 0.5) ** 2).sum(-1) > 0.25
+    assert inside.sum() > 500 and outside.sum() > 500
+    torch.testing.assert_close(uv[inside], expected[inside], atol=1e-4, rtol=0)
+    assert torch.isnan(uv[outside]).all()
+
+
+def test_texture_lookup_at_the_ray_uv_where_given_and_the_blended_uv_elsewhere():
+    network, _ = _models()
+    maps = _leaf_maps(network)
+    texture = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(3))
+    scene = build_scene(maps, _template(), *POSE, _camera(), RENDER, texture=texture)
+    g = torch.Generator().manual_seed(4)
+    samples = scene.points.positions.detach()[::40] + 0.8 * torch.randn(
+        len(scene.points) // 40 + 1, 3, generator=g
+    )
+    ray_uv = torch.rand(len(samples), 2, generator=g)
+    ray_uv[::2] = float("nan")  # these rays miss the tracked mesh
+    idx, dist = knn_radius_bruteforce(
+        scene.points.positions.detach(), samples, RENDER.query.k, RENDER.query.radius_mm
+    )
+    weights = torch.where(idx >= 0, 1 / dist.clamp_min(RENDER.decoder.min_distance_mm), 0.0)
+    blended = (weights[..., None] * scene.points.uv[idx.clamp_min(0)]).sum(1) / weights.sum(1, keepdim=True)
+    expected = _bilinear(texture, torch.where(torch.isnan(ray_uv), blended, ray_uv))
+    seen = {}
+
+    def per_neighbour(features, offsets_world, offsets_camera, valid, ray_dirs):
+        seen["per_neighbour"] = features[:, 0, -3:]
+        return features.new_zeros(features.shape[0]), features.new_zeros(features.shape[0], 3)
+
+    class Blended:
+        def decode_blended(self, mean_feature, offsets, has_valid, ray_dirs):
+            seen["blended"] = mean_feature[:, -3:]
+            rows = mean_feature.shape[0]
+            return mean_feature.new_zeros(rows), mean_feature.new_zeros(rows, 3)
+
+    directions = torch.tensor([0.0, 0.0, -1.0]).expand(len(samples), 3)
+    with torch.no_grad():
+        for decoder in (per_neighbour, Blended()):
+            decode_at(scene, decoder, samples, directions, RENDER.decoder.min_distance_mm, ray_uv=ray_uv)
+    found = (idx >= 0).any(1)
+    assert found.all()
+    for path in ("per_neighbour", "blended"):
+        torch.testing.assert_close(seen[path], expected, atol=1e-5, rtol=0, msg=path)
+
+
+def test_the_texture_mode_ray_starts_as_the_textured_tracked_mesh():
+    """Untrained, the colour MLP adds nothing to the texture colour: every pixel whose ray meets the
+    tracked mesh and has shading points shows the texture at that mesh's UV, over the black background
+    in proportion to the ray's opacity."""
+    model = replace(MODEL, texture="ray", tracked_uv_size=24)
+    torch.manual_seed(0)
+    avatar = Avatar(model, RENDER, _template(), torch.zeros(UV, UV, dtype=torch.bool), "black").eval()
+    texture = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(5))
+    drive = replace(_drive(), full_texture=texture, tracked_posmap=_tracked_plane(24))
+    camera = _camera(48, 64, 360.0)
+    with torch.no_grad():
+        out = avatar.render(drive, camera)
+    uv = tracked_uv_image(drive.tracked_posmap, *POSE, camera).reshape(-1, 2)
+    shown = (out.rays.num_samples > 0) & ~torch.isnan(uv).any(1)
+    assert shown.sum() > 300
+    assert out.rays.opacity[shown].mean() > 0.7  # the texture, not the black background, is what shows
+    expected = out.rays.opacity[shown, None] * _bilinear(texture, uv[shown])
+    torch.testing.assert_close(out.rays.colour[shown], expected, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="needs the frame's tracked position map"):
+        avatar.render(replace(drive, tracked_posmap=None), camera)

@@ -308,21 +308,22 @@ def _no_mouth(config: ExperimentConfig) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("mode", "width", "residual", "lookup"),
+    ("mode", "width", "residual", "lookup", "tracked"),
     [
-        ("off", 8, False, False),
-        ("features", 11, False, False),
-        ("corrected", 11, True, False),
-        ("lookup", 11, True, True),
+        ("off", 8, False, False, 0),
+        ("features", 11, False, False, 0),
+        ("corrected", 11, True, False, 0),
+        ("lookup", 11, True, True, 0),
+        ("ray", 11, True, True, 20),
     ],
 )
-def test_the_texture_mode_decides_the_decoder_and_the_inputs(mode, width, residual, lookup):
-    config = apply_overrides(preset_config("tiny"), [f"model.texture={mode}"])
+def test_the_texture_mode_decides_the_decoder_and_the_inputs(mode, width, residual, lookup, tracked):
+    config = apply_overrides(preset_config("tiny"), [f"model.texture={mode}", "model.tracked_uv_size=20"])
     avatar = Avatar(config.model, config.render, _flat_template(config), _no_mouth(config), "black")
     assert avatar.decoder.feature_dim == width and avatar.decoder.colour_residual == residual
-    assert avatar.inputs.full_texture == lookup
+    assert avatar.inputs.full_texture == lookup and avatar.inputs.tracked_uv_size == tracked
     with pytest.raises(
-        ConfigError, match="ModelConfig.texture must be one of off, features, corrected, lookup"
+        ConfigError, match="ModelConfig.texture must be one of off, features, corrected, lookup, ray"
     ):
         Avatar(replace(config.model, texture="on"), config.render, _flat_template(config), _no_mouth(config))
 

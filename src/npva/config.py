@@ -43,7 +43,8 @@ def resumable_settings(config_class: type | None = None) -> frozenset[str]:
     return frozenset(keys)
 
 
-TEXTURE_MODES = ("off", "features", "corrected", "lookup")  # ModelConfig.texture, each adding to the last
+# ModelConfig.texture, each mode adding to the last
+TEXTURE_MODES = ("off", "features", "corrected", "lookup", "ray")
 
 
 @dataclass
@@ -76,8 +77,14 @@ class ModelConfig:
     # "off" (published): through the latent only; "features": its RGB (resampled to the point map) is
     # appended to the decoded point features; "corrected": the colour MLP corrects that RGB instead of
     # making a colour of its own; "lookup": the RGB at a shading point is the texture at its own size,
-    # looked up at the UV blended from the point's neighbours.
+    # looked up at the UV blended from the point's neighbours; "ray": looked up at the UV where the
+    # shading point's ray meets the tracked mesh (the pixel's UV of the textured tracked mesh), at the
+    # blended UV where the ray misses it.
     texture: str = "off"
+    # Side of the tracked mesh's position map whose UV grid mesh gives each ray its UV in the texture
+    # mode "ray": at 256 its UV per pixel matches the tracked mesh's own to within a texel of a 1024
+    # texture; at 64 (the demo's posmap) the grid is too coarse and the lookup blurs.
+    tracked_uv_size: int = 256
 
     @property
     def texture_features(self) -> bool:
@@ -91,8 +98,13 @@ class ModelConfig:
 
     @property
     def texture_lookup(self) -> bool:
-        """A shading point's RGB feature channels are the full-size texture at its blended UV."""
-        return self.texture == "lookup"
+        """A shading point's RGB feature channels are the full-size texture at a UV of its own."""
+        return TEXTURE_MODES.index(self.texture) >= TEXTURE_MODES.index("lookup")
+
+    @property
+    def texture_at_ray(self) -> bool:
+        """The lookup's UV is where the shading point's ray meets the tracked mesh."""
+        return self.texture == "ray"
 
     @property
     def point_feature_channels(self) -> int:

@@ -39,13 +39,15 @@ class FrameInputs:
     texture_size: side T of the average texture the encoder takes; posmap_size: side S of the
     position maps; full_texture: also the average texture at its own size (the shading points look
     their colour up in it); point_map_size: > 0 to load the tracked mesh's position map at the point
-    map's size as a target (the mouth-points loss), 0 not to.
+    map's size as a target (the mouth-points loss), 0 not to; tracked_uv_size: > 0 to drive the
+    avatar with the tracked mesh's position map at that size too (the texture mode "ray"), 0 not to.
     """
 
     texture_size: int
     posmap_size: int
     full_texture: bool = False
     point_map_size: int = 0
+    tracked_uv_size: int = 0
 
     def for_rendering(self) -> FrameInputs:
         """The inputs without what only the losses need (the tracked point map)."""
@@ -59,7 +61,8 @@ class FrameDrive(_Tensors):
     texture (3, T, T) float32 in [0, 1]: the average texture at the encoder's size. posmap (3, S, S)
     float32: the tracked mesh's position map in the face frame, mm. R (3, 3), t (3,) float32: head pose,
     x_world = R x_face + t. full_texture (3, T', T'): the average texture at its own size, or None when
-    the avatar does not look colours up in it.
+    the avatar does not look colours up in it. tracked_posmap (3, P, P): the tracked mesh's position map
+    at FrameInputs.tracked_uv_size, face frame, mm, NaN outside the UV islands, or None.
     """
 
     texture: torch.Tensor
@@ -67,6 +70,7 @@ class FrameDrive(_Tensors):
     R: torch.Tensor
     t: torch.Tensor
     full_texture: torch.Tensor | None = None
+    tracked_posmap: torch.Tensor | None = None
 
 
 @dataclass

@@ -181,12 +181,16 @@ class PreparedSubject:
         texture = resize_image(full_texture, (size, size))
         posmap = read_posmap(self.gendir.posmap(seq, frame), inputs.posmap_size)
         R, t = read_transform(self.layout.transform(seq, frame))
+        tracked = None
+        if inputs.tracked_uv_size > 0:
+            tracked = self._tracked_tensor(seq, frame, inputs.tracked_uv_size)
         return FrameDrive(
             texture=image_tensor(texture),
             posmap=torch.from_numpy(np.ascontiguousarray(posmap.transpose(2, 0, 1))),
             R=torch.as_tensor(R, dtype=torch.float32),
             t=torch.as_tensor(t, dtype=torch.float32),
             full_texture=image_tensor(full_texture) if inputs.full_texture else None,
+            tracked_posmap=tracked,
         )
 
     def targets(
@@ -205,8 +209,10 @@ class PreparedSubject:
             depth = np.zeros(size, np.float32)
         point_posmap = None
         if inputs.point_map_size > 0:
-            face = self.tracked_point_map(seq, frame, inputs.point_map_size)
-            point_posmap = torch.from_numpy(face.transpose(2, 0, 1).copy())
+            size = inputs.point_map_size
+            point_posmap = drive.tracked_posmap  # the same map when the drive has it at this size
+            if point_posmap is None or point_posmap.shape[-1] != size:
+                point_posmap = self._tracked_tensor(seq, frame, size)
         return ViewTargets(
             image=image_tensor(photo),
             mask=torch.from_numpy(np.ascontiguousarray(mask)),
@@ -214,6 +220,10 @@ class PreparedSubject:
             posmap=drive.posmap,
             point_posmap=point_posmap,
         )
+
+    def _tracked_tensor(self, seq: str, frame: str, size: int) -> torch.Tensor:
+        """tracked_point_map as a (3, P, P) tensor."""
+        return torch.from_numpy(self.tracked_point_map(seq, frame, size).transpose(2, 0, 1).copy())
 
     def tracked_point_map(self, seq: str, frame: str, size: int) -> np.ndarray:
         """(P, P, 3) float32 face-frame position map of the frame's tracked mesh at size P, NaN outside

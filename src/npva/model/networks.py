@@ -35,7 +35,14 @@ def _check_positive(cfg: ModelConfig) -> None:
         raise ConfigError(
             f"ModelConfig.texture must be one of {', '.join(TEXTURE_MODES)}, got {cfg.texture!r}"
         )
-    for name in ("texture_size", "posmap_size", "point_map_size", "latent_channels", "latent_size"):
+    for name in (
+        "texture_size",
+        "posmap_size",
+        "point_map_size",
+        "tracked_uv_size",
+        "latent_channels",
+        "latent_size",
+    ):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"ModelConfig.{name} must be positive, got {getattr(cfg, name)}")
     for name in (

@@ -1,7 +1,8 @@
 """Rendering one frame from one camera (method.md sections 4 to 7).
 
 Per frame, once (`build_scene`): the coarse map in the face frame, its UV grid mesh rasterized into the
-camera (the guide depth), the neural points, their neighbour index and their occupancy grid.
+camera (the guide depth), the neural points, their neighbour index and their occupancy grid (and, for
+the texture mode "ray", the tracked mesh's UV at each pixel).
 Per chunk of `RenderConfig.chunk_rays` rays (`render_rays`): depth-guided candidates, the kept shading
 points, their K nearest neural points, radiance decoding and compositing. A chunk's intermediate
 tensors are bounded by chunk_rays x max_samples x K x C and by QueryConfig.max_candidates; without
@@ -25,6 +26,7 @@ from npva.config import RenderConfig
 from npva.errors import NonFiniteError
 from npva.geometry.camera import Camera, pixel_rays
 from npva.geometry.mesh import uv_grid_faces
+from npva.geometry.raster import interpolate, rasterize_camera
 from npva.geometry.texture import sample_texture
 from npva.model.blend import blend_neighbours, safe_rows
 from npva.model.compositing import composite
@@ -38,6 +40,7 @@ from npva.model.points import (
     densify_points,
     point_texel_mask,
     rasterize_guide,
+    texel_uv,
 )
 from npva.model.query import KDTreeIndex, NeighbourIndex, build_neighbour_index
 from npva.model.sampling import (
@@ -88,7 +91,9 @@ class FrameScene:
     points: the neural points (differentiable positions and features).
     index, occupancy: built on the detached point positions.
     texture: (3, T, T) the frame's average texture when the shading points look their colour up in it
-        (ModelConfig.texture "lookup"), else None.
+        (ModelConfig.texture "lookup" or "ray"), else None.
+    ray_uv: (H, W, 2) the UV where each pixel's ray meets the tracked mesh, NaN where it misses (the
+        lookup's UV for ModelConfig.texture "ray"), else None.
     fast: the neighbour blending runs as the Triton kernel (RenderConfig.kernels).
     """
 
@@ -99,6 +104,7 @@ class FrameScene:
     index: NeighbourIndex | KDTreeIndex
     occupancy: OccupancyGrid
     texture: torch.Tensor | None = None
+    ray_uv: torch.Tensor | None = None
     fast: bool = False
 
 
@@ -157,6 +163,7 @@ def build_scene(
     cfg: RenderConfig,
     mask_points: bool = True,
     texture: torch.Tensor | None = None,
+    tracked_posmap: torch.Tensor | None = None,
 ) -> FrameScene:
     """The per-frame state of one rendering.
 
@@ -164,7 +171,9 @@ def build_scene(
     x_world = R x_face + t; camera with its image size; mask_points keeps only the points whose texel
     lies inside the UV islands; texture (3, T, T): the frame's average texture, given when the shading
     points look their colour up in it (the RGB feature channels then come from it; ModelConfig.texture
-    "lookup"), else None.
+    "lookup" or "ray"), else None; tracked_posmap (3, P, P): the frame's tracked position map (face
+    frame, mm, NaN outside the UV islands), given when the lookup's UV is where each ray meets the
+    tracked mesh (ModelConfig.texture "ray"), else None.
     """
     if maps.coarse_offset.shape[0] != 1:
         raise ValueError(f"one frame per rendering, got a batch of {maps.coarse_offset.shape[0]}")
@@ -175,6 +184,9 @@ def build_scene(
     vertices = coarse_vertices_world(coarse, rotation, translation)
     with stage("rasterization"):
         guide_depth = rasterize_guide(vertices, template.grid_faces, camera)
+        ray_uv = None
+        if tracked_posmap is not None:
+            ray_uv = tracked_uv_image(tracked_posmap.to(device, dtype), rotation, translation, camera)
     size = maps.displacement.shape[-1]
     mask = point_texel_mask(template.coverage, size) if mask_points else None
     points = build_neural_points(coarse, maps.displacement[0], maps.features[0], rotation, translation, mask)
@@ -197,7 +209,25 @@ def build_scene(
         sampling = cfg.sampling
         occupancy = OccupancyGrid(detached, sampling.occupancy_voxel_mm, sampling.occupancy_reach_voxels)
     lookup = None if texture is None else texture.to(device=device, dtype=dtype)
-    return FrameScene(camera, coarse, guide_depth, points, index, occupancy, lookup, fast)
+    return FrameScene(camera, coarse, guide_depth, points, index, occupancy, lookup, ray_uv, fast)
+
+
+def tracked_uv_image(
+    posmap: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor, camera: Camera
+) -> torch.Tensor:
+    """(H, W, 2) UV where each pixel's ray meets the tracked mesh, NaN where it misses.
+
+    posmap: (3, P, P) the tracked position map (face frame, mm, NaN outside the UV islands); its UV
+    grid mesh (one vertex per texel centre) stands for the tracked mesh. The average texture is
+    unwrapped from the photos through the tracked mesh, so this UV is where the texture keeps what the
+    cameras near this one saw along the ray, wherever the true surface lies along it.
+    """
+    covered = torch.isfinite(posmap).all(0)
+    faces = uv_grid_faces(covered).to(posmap.device)
+    vertices = coarse_vertices_world(torch.nan_to_num(posmap), rotation, translation)
+    frags = rasterize_camera(vertices, faces, camera)
+    uv = interpolate(texel_uv(posmap.shape[-1], posmap.device).to(posmap.dtype), faces, frags)
+    return torch.where((frags.face_id >= 0)[..., None], uv, float("nan"))
 
 
 Precision = Callable[[], contextlib.AbstractContextManager]
@@ -282,8 +312,11 @@ def _render_chunk(
     sigma = shading.z.new_zeros(shading.z.shape)
     rgb = shading.z.new_zeros((*shading.z.shape, 3))
     if samples.shape[0] > 0:
+        ray_uv = None
+        if scene.ray_uv is not None:
+            ray_uv = scene.ray_uv[pixels[:, 1], pixels[:, 0]][ray_of_sample]  # (N, 2)
         sample_sigma, sample_rgb = decode_at(
-            scene, decoder, samples, ray_dirs[ray_of_sample], cfg.decoder.min_distance_mm, precision
+            scene, decoder, samples, ray_dirs[ray_of_sample], cfg.decoder.min_distance_mm, precision, ray_uv
         )
         sigma = sigma.index_put((ray_of_sample, slot_of_sample), sample_sigma.float())
         rgb = rgb.index_put((ray_of_sample, slot_of_sample), sample_rgb.float())
@@ -301,9 +334,12 @@ def decode_at(
     ray_dirs: torch.Tensor,
     min_distance: float,
     precision: Precision = contextlib.nullcontext,
+    ray_uv: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """sigma (N,), rgb (N, 3) from `decoder` at points samples (N, 3) seen along ray_dirs (N, 3), with
     their K nearest neural points of `scene`; min_distance as in the decoder's neighbour weights.
+    With a texture lookup, ray_uv (N, 2) is the UV to look each sample's colour up at (NaN: the UV
+    blended from its neighbours); None: the blended UV for all.
 
     A decoder with `decode_blended` (the lightweight RadianceDecoder) gets its neighbours blended by
     npva.model.blend (the Triton kernel when scene.fast); any other decoder is called with the
@@ -314,8 +350,8 @@ def decode_at(
         idx, _ = scene.index.query(samples)  # (N, K)
     with stage("decoding"):
         if hasattr(decoder, "decode_blended"):
-            return _decode_blended(scene, decoder, samples, idx, ray_dirs, min_distance, precision)
-        return _decode_neighbours(scene, decoder, samples, idx, ray_dirs, min_distance, precision)
+            return _decode_blended(scene, decoder, samples, idx, ray_dirs, min_distance, precision, ray_uv)
+        return _decode_neighbours(scene, decoder, samples, idx, ray_dirs, min_distance, precision, ray_uv)
 
 
 def _decode_blended(
@@ -326,9 +362,10 @@ def _decode_blended(
     ray_dirs: torch.Tensor,
     min_distance: float,
     precision: Precision,
+    ray_uv: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The blended path of decode_at. With a texture lookup the blended features' RGB channels are the
-    texture at the blended UV (see _with_texture_colour)."""
+    texture at the blended UV (see _with_texture_colour), or at ray_uv where it is given."""
     points = scene.points
     values = points.features if scene.texture is None else torch.cat((points.features, points.uv), 1)
     mean_values, mean_offset = blend_neighbours(
@@ -337,7 +374,8 @@ def _decode_blended(
     has_valid = idx[:, 0] >= 0  # slots are sorted by distance: the first is valid if any is
     mean_feature = mean_values[:, : points.features.shape[1]]
     if scene.texture is not None:
-        colour = sample_texture(scene.texture, mean_values[:, -2:]).to(mean_feature.dtype)
+        uv = _lookup_uv(mean_values[:, -2:], ray_uv)
+        colour = sample_texture(scene.texture, uv).to(mean_feature.dtype)
         colour = torch.where(has_valid[:, None], colour, 0.0)
         mean_feature = torch.cat((mean_feature[:, :-3], colour), 1)
     rotation = torch.as_tensor(scene.camera.R, dtype=mean_offset.dtype, device=mean_offset.device)
@@ -357,6 +395,7 @@ def _decode_neighbours(
     ray_dirs: torch.Tensor,
     min_distance: float,
     precision: Precision,
+    ray_uv: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-neighbour path of decode_at."""
     points, camera = scene.points, scene.camera
@@ -368,7 +407,9 @@ def _decode_neighbours(
     features = points.features[rows]  # (N, K, C)
     if scene.texture is not None:
         uv = points.uv[rows]  # (N, K, 2)
-        features = _with_texture_colour(scene.texture, uv, offsets_world, valid, min_distance, features)
+        features = _with_texture_colour(
+            scene.texture, uv, offsets_world, valid, min_distance, features, ray_uv
+        )
     with precision():
         return decoder(features, offsets_world, offsets_camera, valid, ray_dirs)
 
@@ -380,12 +421,23 @@ def _with_texture_colour(
     valid: torch.Tensor,
     min_distance: float,
     features: torch.Tensor,
+    ray_uv: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """features (N, K, C) whose last 3 channels, in every slot, are the texture (3, T, T) at the shading
-    point's UV: its neighbours' uv (N, K, 2) blended with the decoder's inverse-distance weights. On a
-    stretched part of the layout, where a shading point's nearest points may all lie on one side, this
-    keeps the colour of the exact texture position instead of the blend of the points' colours."""
+    point's UV: its neighbours' uv (N, K, 2) blended with the decoder's inverse-distance weights (or
+    ray_uv (N, 2) where it is not NaN). On a stretched part of the layout, where a shading point's
+    nearest points may all lie on one side, this keeps the colour of the exact texture position instead
+    of the blend of the points' colours."""
     weights = inverse_distance_weights(offsets_world, valid, min_distance)  # (N, K)
-    colour = sample_texture(texture, torch.einsum("nk,nkc->nc", weights, uv))  # (N, 3)
+    blended = torch.einsum("nk,nkc->nc", weights, uv)
+    colour = sample_texture(texture, _lookup_uv(blended, ray_uv))  # (N, 3)
     colour = colour.to(features.dtype)[:, None, :].expand(-1, features.shape[1], -1)
     return torch.cat((features[..., :-3], colour), dim=-1)
+
+
+def _lookup_uv(blended: torch.Tensor, ray_uv: torch.Tensor | None) -> torch.Tensor:
+    """The UV a shading point looks its colour up at: ray_uv (N, 2) where it is given and not NaN (the
+    ray meets the tracked mesh), else its neighbours' blended UV (N, 2)."""
+    if ray_uv is None:
+        return blended
+    return torch.where(torch.isnan(ray_uv), blended, ray_uv.to(blended.dtype))
