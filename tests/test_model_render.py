@@ -342,6 +342,13 @@ def test_tracked_uv_image_is_the_uv_where_each_ray_meets_the_tracked_mesh():
     assert inside.sum() > 500 and outside.sum() > 500
     torch.testing.assert_close(uv[inside], expected[inside], atol=1e-4, rtol=0)
     assert torch.isnan(uv[outside]).all()
+    # Rays that meet the mesh in open texels (here the left half of an 8 x 8 layout) keep no UV.
+    left = torch.zeros(8, 8, dtype=torch.bool)
+    left[:, :4] = True
+    uv = tracked_uv_image(_tracked_plane(24), *POSE, camera, open_texels=left)
+    for half, is_open in ((expected[..., 0] < 0.49, True), (expected[..., 0] > 0.51, False)):
+        assert torch.isnan(uv[inside & half]).all() == is_open
+        assert torch.isnan(uv[inside & half]).any() == is_open
 
 
 def test_texture_lookup_at_the_ray_uv_where_given_and_the_blended_uv_elsewhere():
@@ -389,14 +396,18 @@ def test_the_texture_mode_ray_starts_as_the_textured_tracked_mesh():
     in proportion to the ray's opacity."""
     model = replace(MODEL, texture="ray", tracked_uv_size=24)
     torch.manual_seed(0)
-    avatar = Avatar(model, RENDER, _template(), torch.zeros(UV, UV, dtype=torch.bool), "black").eval()
+    mouth = torch.zeros(UV, UV, dtype=torch.bool)
+    mouth[:, : UV // 4] = True  # the open texels: their rays keep the blended UV
+    avatar = Avatar(model, RENDER, _template(), mouth, "black").eval()
     texture = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(5))
     drive = replace(_drive(), full_texture=texture, tracked_posmap=_tracked_plane(24))
     camera = _camera(48, 64, 360.0)
     with torch.no_grad():
         out = avatar.render(drive, camera)
     uv = tracked_uv_image(drive.tracked_posmap, *POSE, camera).reshape(-1, 2)
-    shown = (out.rays.num_samples > 0) & ~torch.isnan(uv).any(1)
+    in_mouth = uv[:, 0] < 0.24
+    assert in_mouth.sum() > 50 and torch.isnan(out.scene.ray_uv.reshape(-1, 2)[in_mouth]).all()
+    shown = (out.rays.num_samples > 0) & ~torch.isnan(uv).any(1) & (uv[:, 0] > 0.26)
     assert shown.sum() > 300
     assert out.rays.opacity[shown].mean() > 0.7  # the texture, not the black background, is what shows
     expected = out.rays.opacity[shown, None] * _bilinear(texture, uv[shown])

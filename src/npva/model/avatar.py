@@ -262,6 +262,7 @@ class Avatar(nn.Module):
             self.network.cfg.mask_points_outside_uv,
             self._lookup_texture(drive),
             self._tracked_posmap(drive),
+            self.mouth,
         )
         if pixels is None or isinstance(pixels, str):
             pixels = self._named_pixels(pixels or "all", scene.guide_depth)

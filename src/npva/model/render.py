@@ -164,6 +164,7 @@ def build_scene(
     mask_points: bool = True,
     texture: torch.Tensor | None = None,
     tracked_posmap: torch.Tensor | None = None,
+    open_texels: torch.Tensor | None = None,
 ) -> FrameScene:
     """The per-frame state of one rendering.
 
@@ -173,7 +174,8 @@ def build_scene(
     points look their colour up in it (the RGB feature channels then come from it; ModelConfig.texture
     "lookup" or "ray"), else None; tracked_posmap (3, P, P): the frame's tracked position map (face
     frame, mm, NaN outside the UV islands), given when the lookup's UV is where each ray meets the
-    tracked mesh (ModelConfig.texture "ray"), else None.
+    tracked mesh (ModelConfig.texture "ray"), else None; open_texels (S', S') bool: texels of the
+    layout where the tracked mesh spans empty space (the mouth), whose rays keep the blended UV.
     """
     if maps.coarse_offset.shape[0] != 1:
         raise ValueError(f"one frame per rendering, got a batch of {maps.coarse_offset.shape[0]}")
@@ -186,7 +188,8 @@ def build_scene(
         guide_depth = rasterize_guide(vertices, template.grid_faces, camera)
         ray_uv = None
         if tracked_posmap is not None:
-            ray_uv = tracked_uv_image(tracked_posmap.to(device, dtype), rotation, translation, camera)
+            posmap = tracked_posmap.to(device, dtype)
+            ray_uv = tracked_uv_image(posmap, rotation, translation, camera, open_texels)
     size = maps.displacement.shape[-1]
     mask = point_texel_mask(template.coverage, size) if mask_points else None
     points = build_neural_points(coarse, maps.displacement[0], maps.features[0], rotation, translation, mask)
@@ -213,9 +216,14 @@ def build_scene(
 
 
 def tracked_uv_image(
-    posmap: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor, camera: Camera
+    posmap: torch.Tensor,
+    rotation: torch.Tensor,
+    translation: torch.Tensor,
+    camera: Camera,
+    open_texels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(H, W, 2) UV where each pixel's ray meets the tracked mesh, NaN where it misses.
+    """(H, W, 2) UV where each pixel's ray meets the tracked mesh, NaN where it misses or meets it in
+    one of open_texels (S', S') bool (the layout's texels, row 0 at v = 1), if given.
 
     posmap: (3, P, P) the tracked position map (face frame, mm, NaN outside the UV islands); its UV
     grid mesh (one vertex per texel centre) stands for the tracked mesh. The average texture is
@@ -227,7 +235,15 @@ def tracked_uv_image(
     vertices = coarse_vertices_world(torch.nan_to_num(posmap), rotation, translation)
     frags = rasterize_camera(vertices, faces, camera)
     uv = interpolate(texel_uv(posmap.shape[-1], posmap.device).to(posmap.dtype), faces, frags)
-    return torch.where((frags.face_id >= 0)[..., None], uv, float("nan"))
+    hit = frags.face_id >= 0
+    if open_texels is not None:
+        # The open mouth's texels hold what the cameras saw through the stretched surface from their
+        # different directions, registered to no surface: there the points' own UVs do better.
+        size = open_texels.shape[-1]
+        cols = (uv[..., 0] * size).long().clamp(0, size - 1)
+        rows = ((1 - uv[..., 1]) * size).long().clamp(0, size - 1)
+        hit &= ~open_texels.to(uv.device)[rows, cols]
+    return torch.where(hit[..., None], uv, float("nan"))
 
 
 Precision = Callable[[], contextlib.AbstractContextManager]
