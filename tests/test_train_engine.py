@@ -516,3 +516,20 @@ def test_camera_colour_trains_and_is_restored_from_the_checkpoint(tiny_subject, 
     assert saved.train.camera_colour and avatar.camera_colour is not None
     assert avatar.camera_colour.log_gains.abs().max() > 0  # the calibrations moved from the start
     assert avatar.camera_colour.camera_names == avatar.background.camera_names
+
+
+def test_the_texture_mode_ray_trains_and_its_checkpoint_renders_from_the_tracked_mesh(
+    tiny_subject, gendir, tmp_path
+):
+    overrides = ["model.texture=ray", "model.tracked_uv_size=32", "train.epochs=1", "train.val_every=0"]
+    result = train(tiny_subject, tmp_path / "run", build_config("tiny", overrides=overrides), gendir=gendir)
+    avatar, saved = load_avatar(result.checkpoint)
+    assert saved.model.texture == "ray" and avatar.inputs.tracked_uv_size == 32
+    subject = PreparedSubject(tiny_subject, gendir)
+    seq, frame = read_frame_list(SubjectLayout(tiny_subject).split_list("test"))[0]
+    drive = subject.drive(seq, frame, avatar.inputs)
+    assert drive.tracked_posmap.shape == (3, 32, 32)
+    camera = subject.camera("400029")
+    image, out = avatar.render_image(drive, camera)
+    hits = torch.isfinite(out.scene.ray_uv).all(-1)
+    assert hits.float().mean() > 0.1 and torch.isfinite(image).all()

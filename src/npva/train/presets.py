@@ -75,7 +75,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "coarse_channels": [32, 16, 3],
             "displacement_channels": [32, 16, 8, 8, 3],
             "feature_channels": [64, 32, 16, 16, 16],
-            "texture": "lookup",
+            "texture": "ray",
         },
         "render": {
             "sampling": {
@@ -93,8 +93,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         # and a short run does not learn their place from the photos alone. Against the smoothness term,
         # which pulls the open lips together, they need a weight well above the other texels'.
         # At the point map's size the mouth's points follow it as well (the coarse map, a quarter of that
-        # size, cannot hold the lips' edges), and their colour is looked up in the texture where each
-        # shading point lies on it (model.texture "lookup").
+        # size, cannot hold the lips' edges). The colour is looked up in the texture where each shading
+        # point's ray meets the tracked mesh, through which the texture was unwrapped, and in the mouth
+        # where the shading point lies on the points' layout (model.texture "ray").
         # SSIM on the patches keeps edges that the colour error alone blurs (teeth, lips, eyes).
         "loss": {"mesh_mouth_weight": 10.0, "mouth_points_weight": 0.3, "ssim_weight": 3.0},
         "gep": {"grid_stride_x": 4, "grid_stride_y": 4, "error_rays": 2500, "patch_size": 64},
