@@ -414,3 +414,14 @@ def test_the_texture_mode_ray_starts_as_the_textured_tracked_mesh():
     torch.testing.assert_close(out.rays.colour[shown], expected, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="needs the frame's tracked position map"):
         avatar.render(replace(drive, tracked_posmap=None), camera)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tracked_uv_image_on_cuda_matches_cpu():
+    camera = _camera(48, 64, 360.0)
+    cpu = tracked_uv_image(_tracked_plane(24), *POSE, camera)
+    gpu = tracked_uv_image(_tracked_plane(24).cuda(), POSE[0].cuda(), POSE[1].cuda(), camera).cpu()
+    hit = ~torch.isnan(cpu).any(-1)
+    assert torch.equal(hit, ~torch.isnan(gpu).any(-1)) and hit.sum() > 500
+    torch.testing.assert_close(gpu[hit], cpu[hit], atol=1e-5, rtol=0)
