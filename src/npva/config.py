@@ -82,8 +82,8 @@ class ModelConfig:
     # blended UV where the ray misses it.
     texture: str = "off"
     # Side of the tracked mesh's position map whose UV grid mesh gives each ray its UV in the texture
-    # mode "ray": at 256 its UV per pixel matches the tracked mesh's own to within a texel of a 1024
-    # texture; at 64 (the demo's posmap) the grid is too coarse and the lookup blurs.
+    # mode "ray": at 256 the texture scored as on the tracked mesh itself (docs/model.md); at 64 (the
+    # demo's posmap) the grid is too coarse and the lookup blurs.
     tracked_uv_size: int = 256
 
     @property
