@@ -21,7 +21,7 @@ import torch
 
 from npva.data.samples import TrainSample
 from npva.geometry.raster import interpolate, rasterize_camera
-from npva.geometry.texture import sample_texture
+from npva.geometry.texture import sample_texture, texel_flags
 from npva.io.multiface import read_image, read_obj
 from npva.io.subject import SubjectLayout
 
@@ -68,7 +68,4 @@ def mouth_region(layout: SubjectLayout, sample: TrainSample, mouth_uv: torch.Ten
     if mouth_uv.ndim != 2 or mouth_uv.shape[0] != mouth_uv.shape[1]:
         raise ValueError(f"mouth texels must be a square (S, S) mask, got {tuple(mouth_uv.shape)}")
     uv, coverage = mesh_uv_image(layout, sample)
-    size = mouth_uv.shape[0]
-    column = (uv[..., 0] * size).floor().long().clamp(0, size - 1)
-    row = ((1 - uv[..., 1]) * size).floor().long().clamp(0, size - 1)
-    return coverage & mouth_uv.to(uv.device, torch.bool)[row, column]
+    return coverage & texel_flags(mouth_uv, uv)

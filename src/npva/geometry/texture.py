@@ -7,6 +7,15 @@ import torch
 import torch.nn.functional as F
 
 
+def texel_flags(flags: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """The flag of the texel containing each UV: flags (S, S) bool in image layout (row 0 is v = 1),
+    uv (..., 2) -> (...) bool; UVs beyond the layout take the edge texels."""
+    size = flags.shape[-1]
+    column = (uv[..., 0] * size).floor().long().clamp(0, size - 1)
+    row = ((1 - uv[..., 1]) * size).floor().long().clamp(0, size - 1)
+    return flags.to(uv.device, torch.bool)[row, column]
+
+
 def sample_texture(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     """Bilinear lookup: texture (C, T, T), uv (N, 2) -> (N, C), in the texture's dtype.
 

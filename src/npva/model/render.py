@@ -27,7 +27,7 @@ from npva.errors import NonFiniteError
 from npva.geometry.camera import Camera, pixel_rays
 from npva.geometry.mesh import uv_grid_faces
 from npva.geometry.raster import interpolate, rasterize_camera
-from npva.geometry.texture import sample_texture
+from npva.geometry.texture import sample_texture, texel_flags
 from npva.model.blend import blend_neighbours, safe_rows
 from npva.model.compositing import composite
 from npva.model.decoding import inverse_distance_weights
@@ -239,10 +239,7 @@ def tracked_uv_image(
     if open_texels is not None:
         # The open mouth's texels hold what the cameras saw through the stretched surface from their
         # different directions, registered to no surface: there the points' own UVs do better.
-        size = open_texels.shape[-1]
-        cols = (uv[..., 0] * size).long().clamp(0, size - 1)
-        rows = ((1 - uv[..., 1]) * size).long().clamp(0, size - 1)
-        hit &= ~open_texels.to(uv.device)[rows, cols]
+        hit &= ~texel_flags(open_texels, uv)
     return torch.where(hit[..., None], uv, float("nan"))
 
 
