@@ -48,7 +48,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="render.KEY=VALUE",
-        help="also render with this render setting changed (repeatable; e.g. render.chunk_rays=400000)",
+        help="also render with these render settings changed, separated by spaces (repeatable; e.g. "
+        "'render.chunk_rays=400000 render.query.cell_fraction=1.0')",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
@@ -71,7 +72,7 @@ def main() -> None:
     results = []
     for kernels, precision, setting in combinations:
         ctx.avatar.autocast_dtype = PRECISIONS[precision] if device.type == "cuda" else None
-        config = apply_overrides(ctx.config, [setting] if setting else [])
+        config = apply_overrides(ctx.config, setting.split() if setting else [])
         ctx.avatar.render_config = dataclasses.replace(config.render, kernels=kernels)
         label = f"render.kernels={kernels}, networks in {precision}" + (f", {setting}" if setting else "")
         with profiled(args.profile) as profiler:

@@ -17,7 +17,8 @@ from npva.model.decoding import (
     inverse_distance_weights,
     make_radiance_decoder,
 )
-from npva.model.encoding import encoded_width, positional_encoding
+from npva.model.encoding import encoded_width, positional_encoding, positional_encoding_into
+from npva.model.rowscan import scan_rows
 
 DECODERS = [RadianceDecoder, PointNeRFDecoder]
 NAN = float("nan")
@@ -76,6 +77,17 @@ def test_positional_encoding_widths_and_batch_shape():
     assert encoded_width(32, 3, include_input=False) == 192
     assert encoded_width(3, 4, include_input=False) == 24
     assert torch.equal(positional_encoding(x, 0, include_input=True), x)
+
+
+def test_positional_encoding_into_a_buffer_equals_the_reference():
+    x = 3 * torch.randn(50, 6)
+    expected = positional_encoding(x, 5, include_input=False)
+    buffer = torch.full((50, 70), NAN)
+    got = positional_encoding_into(x, 5, buffer[:, 7:67])
+    assert torch.equal(got, expected)
+    assert torch.isnan(buffer[:, :7]).all() and torch.isnan(buffer[:, 67:]).all()
+    narrow = torch.zeros((50, 60), dtype=torch.bfloat16)
+    assert torch.equal(positional_encoding_into(x, 5, narrow), expected.to(torch.bfloat16))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,6 +183,25 @@ def test_lightweight_decoder_aggregates_before_decoding():
     )  # fmt: skip
     for got, expected in zip(decoder(**inputs), decoder(**single), strict=True):
         torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("colour_residual", [False, True])
+def test_lightweight_decoder_without_gradient_equals_the_training_path(colour_residual):
+    """Rendering builds the networks' inputs in one buffer; training concatenates them."""
+    decoder = RadianceDecoder(small_config(), FEATURES, colour_residual)
+    torch.nn.init.normal_(decoder.colour_mlp[-1].weight)  # a trained colour MLP, not the zero start
+    inputs = random_inputs(40, 5, FEATURES, seed=3)
+    training = decoder(**inputs)
+    with torch.no_grad():
+        rendering = decoder(**inputs)
+    for got, expected in zip(rendering, training, strict=True):
+        torch.testing.assert_close(got, expected.detach(), rtol=1e-6, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        training = decoder(**inputs)
+        with torch.no_grad():
+            rendering = decoder(**inputs)
+    for got, expected in zip(rendering, training, strict=True):
+        torch.testing.assert_close(got, expected.detach(), rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("decoder_class", DECODERS)
@@ -329,6 +360,17 @@ def hand_rays() -> dict[str, torch.Tensor]:
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("scan", [torch.cumsum, torch.cumprod, torch.cummax, torch.cummin])
+def test_scans_along_rows_equal_torch_scans_along_dim_1(scan):
+    x = 1 + 0.1 * torch.randn(300, 17, dtype=torch.float64)
+    expected = scan(x, dim=1)
+    expected = expected if isinstance(expected, torch.Tensor) else expected.values
+    assert torch.equal(scan_rows(scan, x), expected)
+    if scan in (torch.cummax, torch.cummin):
+        labels = torch.randint(0, 9, (300, 17))
+        assert torch.equal(scan_rows(scan, labels), scan(labels, dim=1).values)
+
+
 def test_sample_intervals_skip_invalid_slots():
     rays = hand_rays()
     delta = sample_intervals(rays["z"], rays["valid"], last_delta=1e10)
@@ -425,3 +467,5 @@ def test_decoding_and_compositing_on_cuda_match_cpu(decoder_class):
     got = composite(**{k: v.cuda() for k, v in rays.items()}, last_delta=1e10)
     for c, g in zip(expected, got, strict=True):
         torch.testing.assert_close(g.cpu(), c, rtol=0, atol=1e-10)
+    for scan in (torch.cumsum, torch.cumprod, torch.cummax, torch.cummin):
+        torch.testing.assert_close(scan_rows(scan, z.cuda() / 800).cpu(), scan_rows(scan, z / 800))

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from npva.model.rowscan import scan_rows
+
 TRANSMITTANCE_EPS = 1e-10  # added to every transmittance factor, as in the method
 
 
@@ -29,7 +31,7 @@ def sample_intervals(z: torch.Tensor, valid: torch.Tensor, last_delta: float) ->
     slot = torch.arange(num_slots, device=z.device).expand_as(z)
     marked = torch.where(valid, slot, num_slots)  # num_slots stands for "no valid slot"
     # smallest valid slot index at or after each slot: a cumulative minimum from the end
-    first_valid_from = torch.flip(torch.cummin(torch.flip(marked, [1]), dim=1).values, [1])
+    first_valid_from = torch.flip(scan_rows(torch.cummin, torch.flip(marked, [1])), [1])
     after = torch.full_like(marked[:, :1], num_slots)
     next_slot = torch.cat([first_valid_from[:, 1:], after], dim=1)
     has_next = next_slot < num_slots
@@ -49,7 +51,7 @@ def sample_weights(
     alpha = 1.0 - torch.exp(-torch.where(valid, sigma, 0.0) * delta)
     factor = torch.where(valid, 1.0 - alpha + TRANSMITTANCE_EPS, 1.0)
     before = torch.cat([torch.ones_like(factor[:, :1]), factor[:, :-1]], dim=1)
-    transmittance = torch.cumprod(before, dim=1)
+    transmittance = scan_rows(torch.cumprod, before)
     return transmittance * alpha
 
 

@@ -27,3 +27,16 @@ def positional_encoding(x: torch.Tensor, num_frequencies: int, include_input: bo
     parts = [x] if include_input else []
     parts += [torch.sin(scaled), torch.cos(scaled)]
     return torch.cat(parts, dim=-1)
+
+
+def positional_encoding_into(x: torch.Tensor, num_frequencies: int, out: torch.Tensor) -> torch.Tensor:
+    """positional_encoding(x, num_frequencies, include_input=False) written into out (..., C * 2L), a
+    view of a larger buffer, possibly of a narrower dtype (each value is computed in x's dtype and
+    rounded once on writing). Without gradient only: the inference form that spares the copies of the
+    concatenations. Returns out."""
+    frequencies = 2.0 ** torch.arange(num_frequencies, device=x.device, dtype=x.dtype)
+    scaled = (x.unsqueeze(-2) * frequencies.unsqueeze(-1)).flatten(-2)  # (..., L * C)
+    half = scaled.shape[-1]
+    torch.sin(scaled, out=out[..., :half])
+    torch.cos(scaled, out=out[..., half:])
+    return out

@@ -17,6 +17,7 @@ import torch
 
 from npva.config import SamplingConfig
 from npva.geometry.camera import Camera
+from npva.model.rowscan import scan_rows
 
 
 def probe_depths(guide_depth: torch.Tensor, pixels: torch.Tensor, offset: int) -> torch.Tensor:
@@ -51,7 +52,7 @@ def _bin_midpoints(
     else:
         widths = torch.ones((num_rays, count), device=device)
     widths = widths / widths.sum(1, keepdim=True)
-    ends = torch.cumsum(widths, 1)
+    ends = scan_rows(torch.cumsum, widths)
     return ends - 0.5 * widths
 
 
@@ -246,7 +247,7 @@ def select_shading_points(
     order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :slots]
     valid = keep.gather(1, order)
     z = torch.where(valid, cand_z.gather(1, order), 0.0)
-    z = torch.cummax(z, 1).values  # unused slots repeat the last kept depth
+    z = scan_rows(torch.cummax, z)  # unused slots repeat the last kept depth
     pos = cand_pos.gather(1, order[..., None].expand(-1, -1, 3))
     pos = torch.where(valid[..., None], pos, 0.0)
     return ShadingPoints(z=z, positions=pos, valid=valid)
