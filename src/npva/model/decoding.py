@@ -156,33 +156,6 @@ class _NeighbourDecoder(nn.Module):
             dim=-1,
         )
 
-    def _encoded_inputs(
-        self, features: torch.Tensor, offsets: torch.Tensor, ray_dirs: torch.Tensor
-    ) -> torch.Tensor:
-        """The colour MLP's input [h, PE(d)] (N, code_width + direction_width), h its first code_width
-        columns, written piece by piece into one buffer in the dtype the networks run in (bfloat16
-        under autocast). Without gradient only: the inference form of _shading_code and the
-        concatenation in _radiance, which at a frame's millions of shading points spends a third of
-        the decoding time copying.
-
-        features: (N,C); offsets: (N,6); ray_dirs: (N,3).
-        """
-        cfg = self.cfg
-        device = features.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else features.dtype
-        out = features.new_empty((features.shape[0], self.code_width + self.direction_width), dtype=dtype)
-        out[:, : features.shape[1]] = features
-        start = features.shape[1]
-        for x, frequencies in (
-            (features, cfg.feature_frequencies),
-            (offsets[:, : self.offset_channels], cfg.offset_frequencies),
-            (ray_dirs, cfg.direction_frequencies),
-        ):
-            width = encoded_width(x.shape[1], frequencies, include_input=False)
-            positional_encoding_into(x, frequencies, out[:, start : start + width])
-            start += width
-        return out
-
     def _radiance(
         self,
         density_mlp: nn.Module,
@@ -197,7 +170,8 @@ class _NeighbourDecoder(nn.Module):
         base colour (N,3) (colour_residual), its logit is added to raw first.
 
         code: (N,D); ray_dirs: (N,3); has_valid: (N,) bool; colour_input: the colour MLP's input
-        [code, PE(d)] (N, D + direction_width) when already built (_encoded_inputs), else None.
+        [code, PE(d)] (N, D + direction_width) when already built (RadianceDecoder._encoded_inputs), else
+        None.
         Returns sigma (N,), rgb (N,3).
         """
         cfg = self.cfg
@@ -276,6 +250,33 @@ class RadianceDecoder(_NeighbourDecoder):
         inputs = self._encoded_inputs(mean_feature, mean_offset, ray_dirs)
         code = inputs[:, : self.code_width]
         return self._radiance(self.density_mlp, self.colour_mlp, code, ray_dirs, has_valid, base, inputs)
+
+    def _encoded_inputs(
+        self, features: torch.Tensor, offsets: torch.Tensor, ray_dirs: torch.Tensor
+    ) -> torch.Tensor:
+        """The colour MLP's input [h, PE(d)] (N, code_width + direction_width), h its first code_width
+        columns, written piece by piece into one buffer in the dtype the networks run in (bfloat16
+        under autocast). Without gradient only: the inference form of _shading_code and the
+        concatenation in _radiance, whose copies and casts took about 24 ms of GPU time a frame
+        (3.1 M shading points; benchmarks/README.md, 2026-12-05).
+
+        features: (N,C); offsets: (N,6); ray_dirs: (N,3).
+        """
+        cfg = self.cfg
+        device = features.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else features.dtype
+        out = features.new_empty((features.shape[0], self.code_width + self.direction_width), dtype=dtype)
+        out[:, : features.shape[1]] = features
+        start = features.shape[1]
+        for x, frequencies in (
+            (features, cfg.feature_frequencies),
+            (offsets[:, : self.offset_channels], cfg.offset_frequencies),
+            (ray_dirs, cfg.direction_frequencies),
+        ):
+            width = encoded_width(x.shape[1], frequencies, include_input=False)
+            positional_encoding_into(x, frequencies, out[:, start : start + width])
+            start += width
+        return out
 
 
 class PointNeRFDecoder(_NeighbourDecoder):
