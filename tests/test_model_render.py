@@ -1,5 +1,5 @@
 """Rendering end to end at tiny size through Avatar.render: gradients, chunking, pixel subsets, covered
-pixels, background, full size."""
+pixels, background, full size, the decoder's view jitter."""
 
 from __future__ import annotations
 
@@ -17,7 +17,14 @@ from npva.model.avatar import Avatar
 from npva.model.decoding import make_radiance_decoder
 from npva.model.networks import AvatarNetwork, DecodedMaps
 from npva.model.query import knn_radius_bruteforce
-from npva.model.render import UVTemplate, build_scene, decode_at, render_rays, tracked_uv_image
+from npva.model.render import (
+    UVTemplate,
+    build_scene,
+    decode_at,
+    random_rotation,
+    render_rays,
+    tracked_uv_image,
+)
 
 UV = 16  # coarse map side
 POINTS = 32  # point map side
@@ -425,3 +432,165 @@ def test_tracked_uv_image_on_cuda_matches_cpu():
     hit = ~torch.isnan(cpu).any(-1)
     assert torch.equal(hit, ~torch.isnan(gpu).any(-1)) and hit.sum() > 500
     torch.testing.assert_close(gpu[hit], cpu[hit], atol=1e-5, rtol=0)
+
+
+def _jittered(degrees: float, variant: str = "lightweight") -> RenderConfig:
+    return replace(RENDER, decoder=replace(DECODER, variant=variant, view_jitter_deg=degrees))
+
+
+def _angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Angle in degrees between the rows of a and b (..., 3)."""
+    return torch.rad2deg(torch.atan2(torch.linalg.cross(a, b).norm(dim=-1), (a * b).sum(-1)))
+
+
+def test_random_rotation_is_a_rotation_by_at_most_the_bound_about_any_axis():
+    g = torch.Generator().manual_seed(0)
+    rotations = torch.stack([random_rotation(10.0, g) for _ in range(2000)])
+    torch.testing.assert_close(rotations @ rotations.transpose(1, 2), torch.eye(3).expand(2000, 3, 3))
+    torch.testing.assert_close(torch.linalg.det(rotations), torch.ones(2000))
+    cos = ((rotations.diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1)
+    angles = torch.rad2deg(torch.arccos(cos.double()))
+    assert angles.max() <= 10.0 + 1e-3
+    # Uniform in [0, 10]: about a tenth of the draws in each degree.
+    counts = torch.histc(angles, bins=10, min=0, max=10)
+    assert (counts > 150).all() and (counts < 250).all()
+    # The axis (from the antisymmetric part) points every way: no direction is preferred.
+    axes = torch.stack(
+        (
+            rotations[:, 2, 1] - rotations[:, 1, 2],
+            rotations[:, 0, 2] - rotations[:, 2, 0],
+            rotations[:, 1, 0] - rotations[:, 0, 1],
+        ),
+        1,
+    )
+    axes = axes / axes.norm(dim=1, keepdim=True)
+    assert axes.mean(0).norm() < 0.1
+    torch.testing.assert_close(
+        (axes[:, :, None] * axes[:, None, :]).mean(0), torch.eye(3) / 3, atol=0.04, rtol=0
+    )
+    # Reproducible from the generator.
+    again = random_rotation(10.0, torch.Generator().manual_seed(0))
+    assert torch.equal(again, rotations[0])
+
+
+def _train_render(cfg: RenderConfig, seed: int = 5):
+    avatar = _avatar(cfg).train()
+    with torch.no_grad():
+        return avatar.render(_drive(), _camera(), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("variant", ["lightweight", "pointnerf"])
+def test_view_jitter_changes_training_colours_reproducibly_and_leaves_evaluation_alone(variant):
+    plain = _train_render(_jittered(0.0, variant))
+    jittered = _train_render(_jittered(10.0, variant))
+    again = _train_render(_jittered(10.0, variant))
+    other = _train_render(_jittered(10.0, variant), seed=6)
+    # The guide is the real camera's. (The rotation is drawn before the bins' jitter, so the samples
+    # along each ray differ as with another seed.)
+    assert torch.equal(jittered.rays.guide_depth, plain.rays.guide_depth)
+    assert not torch.equal(jittered.rays.colour, plain.rays.colour)
+    # The rotation is drawn from the render's generator: the same seed gives the same image.
+    assert torch.equal(jittered.rays.colour, again.rays.colour)
+    assert not torch.equal(jittered.rays.colour, other.rays.colour)
+    # Evaluation renders from the real camera whatever the setting.
+    assert torch.equal(
+        _render_eval(_avatar(_jittered(10.0, variant))).rays.colour,
+        _render_eval(_avatar(_jittered(0.0, variant))).rays.colour,
+    )
+
+
+class _ViewProbe:
+    """A per-neighbour decoder that records its view inputs: the offsets (M, 3) of its valid neighbour
+    slots, in the world and in its camera frame, and its ray directions (N, 3)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, features, offsets_world, offsets_camera, valid, ray_dirs):
+        self.seen.append((offsets_world[valid], offsets_camera[valid], ray_dirs))
+        return features.new_zeros(features.shape[0]), features.new_zeros(features.shape[0], 3)
+
+
+class _BlendedViewProbe(_ViewProbe):
+    """The same for the blended path (one blended offset per shading point)."""
+
+    def decode_blended(self, mean_feature, offsets, has_valid, ray_dirs):
+        self.seen.append((offsets[has_valid, :3], offsets[has_valid, 3:], ray_dirs))
+        return mean_feature.new_zeros(len(ray_dirs)), mean_feature.new_zeros(len(ray_dirs), 3)
+
+
+@pytest.mark.parametrize("probe_type", [_BlendedViewProbe, _ViewProbe])
+def test_jittered_decoder_sees_a_view_rotated_by_at_most_the_bound(probe_type):
+    """One pixel's ray, rendered in training mode: every shading point's decoder sees the same
+    direction, turned from the ray's by at most the bound, and offsets turned by at most as much."""
+    network, _ = _models()
+    camera = _camera()
+    pixel = torch.tensor([[16, 12]])
+    _, direction = pixel_rays(camera, pixel.float() + 0.5)
+    real = torch.as_tensor(camera.R, dtype=torch.float32)
+    turns = []
+    for seed in range(8):
+        for degrees in (0.0, 10.0):
+            cfg = _jittered(degrees)
+            scene = build_scene(_leaf_maps(network), _template(), *POSE, camera, cfg)
+            probe = probe_type()
+            with torch.no_grad():
+                render_rays(scene, probe, pixel, cfg, True, torch.Generator().manual_seed(seed))
+            ((world, in_camera, seen),) = probe.seen
+            assert len(seen) > 1 and torch.equal(seen, seen[:1].expand_as(seen))  # one view per image
+            world_again = in_camera @ real  # R^T (R Q^T w) = Q^T w
+            torch.testing.assert_close(world_again.norm(dim=1), world.norm(dim=1))
+            turn = max(_angle_deg(seen[0], direction[0]), _angle_deg(world_again, world).max())
+            if degrees == 0:
+                assert torch.equal(seen[0], direction[0]) and turn < 1e-3
+            else:
+                assert turn <= degrees + 1e-3
+                turns.append(float(turn))
+    assert max(turns) > 3.0
+
+
+@pytest.mark.parametrize("probe_type", [_BlendedViewProbe, _ViewProbe])
+def test_decoder_view_is_that_of_the_camera_rotated_by_the_view(probe_type):
+    """decode_at with a view Q: directions Q d and camera-frame offsets R Q^T delta."""
+    network, _ = _models()
+    camera = _camera()
+    scene = build_scene(_leaf_maps(network), _template(), *POSE, camera, RENDER)
+    g = torch.Generator().manual_seed(4)
+    samples = scene.points.positions.detach()[::40] + 0.8 * torch.randn(
+        len(scene.points) // 40 + 1, 3, generator=g
+    )
+    directions = torch.nn.functional.normalize(torch.randn(len(samples), 3, generator=g), dim=1)
+    view = random_rotation(30.0, g)
+    probe = probe_type()
+    with torch.no_grad():
+        decode_at(scene, probe, samples, directions, RENDER.decoder.min_distance_mm, view=view)
+    ((world, in_camera, seen),) = probe.seen
+    torch.testing.assert_close(seen, directions @ view.T)
+    virtual = torch.as_tensor(camera.R, dtype=torch.float32) @ view.T
+    torch.testing.assert_close(in_camera, world @ virtual.T)
+    # In the virtual camera's frame each direction is what the real camera sees: R Q^T Q d = R d.
+    torch.testing.assert_close(
+        seen @ virtual.T, directions @ torch.as_tensor(camera.R, dtype=torch.float32).T
+    )
+
+
+def test_decoding_with_the_identity_view_is_decoding_from_the_real_camera():
+    network, decoder = _models()
+    scene = build_scene(_leaf_maps(network), _template(), *POSE, _camera(), RENDER)
+    g = torch.Generator().manual_seed(4)
+    samples = scene.points.positions.detach()[::40] + 0.8 * torch.randn(
+        len(scene.points) // 40 + 1, 3, generator=g
+    )
+    directions = torch.nn.functional.normalize(torch.randn(len(samples), 3, generator=g), dim=1)
+    with torch.no_grad():
+        real = decode_at(scene, decoder, samples, directions, RENDER.decoder.min_distance_mm)
+        same = decode_at(
+            scene, decoder, samples, directions, RENDER.decoder.min_distance_mm, view=torch.eye(3)
+        )
+    assert all(torch.equal(a, b) for a, b in zip(real, same, strict=True))
+
+
+def test_negative_view_jitter_is_refused():
+    scene = build_scene(_leaf_maps(_models()[0]), _template(), *POSE, _camera(), RENDER)
+    with pytest.raises(ValueError, match="view_jitter_deg"):
+        render_rays(scene, _models()[1], torch.tensor([[16, 12]]), _jittered(-1.0))
