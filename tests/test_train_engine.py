@@ -328,6 +328,17 @@ def test_the_texture_mode_decides_the_decoder_and_the_inputs(mode, width, residu
         Avatar(replace(config.model, texture="on"), config.render, _flat_template(config), _no_mouth(config))
 
 
+def test_the_template_follows_a_loaded_position_map_std():
+    config = preset_config("tiny")
+    size = config.model.posmap_size
+    avatar = Avatar(config.model, config.render, _flat_template(config), _no_mouth(config), "black")
+    other = UVTemplate.from_coverage(torch.zeros(3, size, size), 2.5, torch.ones(size, size))
+    trained = Avatar(config.model, config.render, other, _no_mouth(config), "black")
+    assert avatar.template.std == 1.0
+    avatar.load_state_dict(trained.state_dict())
+    assert avatar.template.std == 2.5  # what rendering reads, without reading the buffer per frame
+
+
 def test_retired_settings_are_refused_on_the_command_line_and_read_from_older_runs():
     config = preset_config("tiny")
     with pytest.raises(NpvaError, match="render.decoder.feature_dim' is no longer a setting: it is derived"):

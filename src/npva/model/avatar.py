@@ -138,6 +138,11 @@ def calibrated(
     return gain * (colour - behind) + opacity[:, None] * bias + behind
 
 
+def _refresh_pos_std(avatar: Avatar, _incompatible_keys: object) -> None:
+    """Load-state hook: the number form of the position-map std follows the loaded buffer."""
+    avatar._pos_std = float(avatar.pos_std)
+
+
 class Avatar(nn.Module):
     """AvatarNetwork + radiance decoder + background model + the subject's UV template.
 
@@ -182,6 +187,10 @@ class Avatar(nn.Module):
         self.camera_colour = CameraColour(camera_names) if camera_colour else None
         self.register_buffer("mean_map", template.mean_map.detach().float().clone())
         self.register_buffer("pos_std", torch.tensor(float(template.std), dtype=torch.float64))
+        # Also kept as a number, refreshed when a state is loaded: reading the buffer on a GPU every
+        # frame would make the host wait for the work queued before it.
+        self._pos_std = float(template.std)
+        self.register_load_state_dict_post_hook(_refresh_pos_std)
         self.register_buffer("coverage", template.coverage.detach().bool().clone())
         self.register_buffer("grid_faces", template.grid_faces.detach().long().clone())
         self.register_buffer("mouth", torch.as_tensor(mouth).detach().bool().clone())
@@ -207,7 +216,7 @@ class Avatar(nn.Module):
 
     @property
     def template(self) -> UVTemplate:
-        return UVTemplate(self.mean_map, float(self.pos_std), self.coverage, self.grid_faces)
+        return UVTemplate(self.mean_map, self._pos_std, self.coverage, self.grid_faces)
 
     def normalized_posmap(self, posmap: torch.Tensor) -> torch.Tensor:
         """Encoder input (P - mean) / std: posmap (3, S, S) or (B, 3, S, S) -> (B, 3, S, S)."""

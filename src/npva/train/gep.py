@@ -186,16 +186,18 @@ class GEPSampler:
                 f"expected pixels (R, 2) and errors (R,), got {tuple(pixels.shape)}, {tuple(errors.shape)}"
             )
         device, cells = pixels.device, self.config.error_cells
+        # Non-finite errors count as 0 with weight 0 rather than being dropped, so that no size depends
+        # on the values (on a GPU a dropped row count would make the host wait for the step).
         finite = torch.isfinite(errors)
-        pixels, errors = pixels[finite].long(), errors[finite]
+        pixels = pixels.long()
         cell = self.cell_of_row.to(device)[pixels[:, 1]] * cells + self.cell_of_col.to(device)[pixels[:, 0]]
-        sums = torch.zeros(cells * cells, device=device).index_add_(0, cell, errors)
-        counts = torch.bincount(cell, minlength=cells * cells).float()
+        sums = torch.zeros(cells * cells, device=device).index_add_(0, cell, torch.where(finite, errors, 0.0))
+        counts = torch.zeros(cells * cells, device=device).index_add_(0, cell, finite.float())
         return sums.reshape(cells, cells), counts.reshape(cells, cells)
 
     def accumulate(self, index: int, error_sum: torch.Tensor, error_count: torch.Tensor) -> None:
         """Fold one step's per-cell error sums and counts (C, C) into image `index`'s map."""
-        error_sum, error_count = error_sum.detach().cpu().float(), error_count.detach().cpu().float()
+        error_sum, error_count = torch.stack((error_sum, error_count)).detach().cpu().float()  # one copy
         seen = error_count > 0
         step_mean = error_sum / error_count.clamp_min(1)
         old_map, old_count = self.error_map[index], self.error_count[index]
