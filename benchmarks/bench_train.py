@@ -66,6 +66,8 @@ def main() -> None:
         parser.error("under torchrun give --out: the processes must share one run directory")
     if args.out and len(args.kernels) > 1:
         parser.error("--out holds one run: compare --kernels settings without it")
+    if args.out and any(ckpt.checkpoint_dir(Path(args.out)).glob("*.pt")):
+        parser.error(f"--out {args.out} already holds a run: the benchmark trains from scratch in a new one")
 
     baseline = read_baseline(Path(args.baseline)) if args.baseline else None  # before the run, not after
     reports = []
