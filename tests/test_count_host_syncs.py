@@ -1,0 +1,48 @@
+"""benchmarks/count_host_syncs.py: the census of operations that make the host wait, on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "count_host_syncs.py"
+_SPEC = importlib.util.spec_from_file_location("count_host_syncs", _PATH)
+census_script = importlib.util.module_from_spec(_SPEC)
+sys.modules[_SPEC.name] = census_script
+_SPEC.loader.exec_module(census_script)
+
+
+def test_the_census_counts_waiting_operations_by_op_and_call_site():
+    census = census_script.WaitingOpCensus()
+    values = torch.tensor([0.0, 2.0, 0.0, 3.0])
+    with census:
+        values.nonzero()
+        values[values > 1]  # a boolean index
+        values[torch.tensor([1, 3])]  # an index of positions: no wait
+        float(values.sum())
+    sites = list(census.sites)
+    assert census.sites.total() == 3
+    assert [site.split()[0] for site in sites] == ["nonzero", "index", "_local_scalar_dense"]
+
+
+def test_the_script_lists_the_waits_of_a_training_step(tiny_subject, gendir, capsys, monkeypatch):
+    argv = ["count_host_syncs.py", str(tiny_subject), "--preset", "tiny", "--steps", "2"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--gendir", str(gendir), "--set", "train.device=cpu"])
+    census_script.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert "operations that would wait for a GPU in 2 steps" in lines[0]
+    assert any("render.py" in line and "nonzero" in line for line in lines[1:])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_census_counts_the_waits_that_cuda_reports():
+    values = torch.tensor([0.0, 2.0, 0.0, 3.0], device="cuda")
+    with census_script.cuda_sync_census() as sites:
+        values.nonzero()
+        values * 2  # queued: no wait
+    assert sites == {"(outside npva)": 1}  # called from this test, in no frame of the package
