@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from npva.model.losses import mesh_loss, points_loss, smoothness_loss
+
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "count_host_syncs.py"
 _SPEC = importlib.util.spec_from_file_location("count_host_syncs", _PATH)
 census_script = importlib.util.module_from_spec(_SPEC)
@@ -46,3 +48,15 @@ def test_on_a_gpu_the_census_counts_the_waits_that_cuda_reports():
         values.nonzero()
         values * 2  # queued: no wait
     assert sites == {"(outside npva)": 1}  # called from this test, in no frame of the package
+
+
+def test_the_geometry_loss_terms_make_the_host_wait_for_nothing():
+    coarse = torch.randn(1, 3, 8, 8, requires_grad=True)
+    coverage, mouth = torch.rand(8, 8) > 0.3, torch.rand(8, 8) > 0.8
+    census = census_script.WaitingOpCensus()
+    with census:
+        total = mesh_loss(coarse, torch.randn(1, 3, 8, 8), coverage, mouth, mouth_weight=10.0)
+        total = total + points_loss(coarse, torch.randn(1, 3, 8, 8), mouth)
+        total = total + smoothness_loss(coarse, coverage, 4.0)
+        total.backward()
+    assert not census.sites

@@ -85,6 +85,19 @@ def test_mouth_points_count_mouth_texels_where_the_mesh_has_surface():
     assert point_map.grad[:, 0, 0].abs().sum() > 0
 
 
+def test_geometry_terms_over_no_texels_are_zero_with_zero_gradients():
+    coarse = torch.full((3, 3, 3), 5.0, requires_grad=True)
+    nothing = torch.zeros(3, 3, dtype=torch.bool)
+    terms = (
+        mesh_loss(coarse, torch.zeros(3, 3, 3), nothing, nothing),
+        points_loss(coarse, torch.zeros(3, 3, 3), nothing),
+        smoothness_loss(coarse, torch.eye(3, dtype=torch.bool), 4.0),  # no two covered texels adjoin
+    )
+    assert [term.item() for term in terms] == [0.0, 0.0, 0.0]
+    sum(terms).backward()
+    assert (coarse.grad == 0).all()
+
+
 def test_mesh_mouth_weight_counts_mouth_texels_with_that_weight():
     posmap = torch.zeros(3, 2, 2)
     coarse = torch.zeros(3, 2, 2)

@@ -125,12 +125,10 @@ def _texel_distance(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor
 
 
 def _weighted_texel_mean(distance: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """distance (B, S, S) averaged with weight (S, S) or (B, S, S) over the batch; 0 with no weight."""
+    """distance (B, S, S) averaged with weight (S, S) or (B, S, S) over the batch; 0 with no weight.
+    No branch on the total weight: on a GPU reading it would make the host wait for the step."""
     weight = weight.expand_as(distance)
-    total = weight.sum()
-    if total == 0:
-        return distance.sum() * 0
-    return (distance * weight).sum() / total
+    return (distance * weight).sum() / weight.sum().clamp_min(torch.finfo(distance.dtype).tiny)
 
 
 def smoothness_loss(coarse: torch.Tensor, coverage: torch.Tensor, beta: float) -> torch.Tensor:
@@ -146,9 +144,10 @@ def smoothness_loss(coarse: torch.Tensor, coverage: torch.Tensor, beta: float) -
         length = coarse.shape[dim] - 1
         step = coarse.narrow(dim, 1, length) - coarse.narrow(dim, 0, length)  # (B, 3, ., .)
         pairs = coverage.narrow(dim - 2, 1, length) & coverage.narrow(dim - 2, 0, length)
-        if pairs.any():
-            per_element = F.smooth_l1_loss(step, torch.zeros_like(step), reduction="none", beta=beta)
-            total = total + per_element[:, :, pairs].mean()
+        per_element = F.smooth_l1_loss(step, torch.zeros_like(step), reduction="none", beta=beta)
+        # A masked sum over a count, not a boolean index: no size read from the device on a GPU.
+        count = pairs.sum() * step.shape[0] * step.shape[1]
+        total = total + torch.where(pairs, per_element, 0.0).sum() / count.clamp_min(1)
     return total
 
 
