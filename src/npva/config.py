@@ -154,14 +154,6 @@ class DecoderConfig:
     # The offsets' camera-frame copy is a decoder input (published). False: the world-frame offsets only,
     # so that density and colour depend on the camera through the ray direction alone.
     camera_offsets: bool = True
-    # > 0: while training, the decoder's view inputs (the ray direction and the offsets' camera-frame
-    # copy) are those of a virtual camera rotated by a random angle, uniform in [0, this] degrees, about
-    # an axis uniform on the sphere; one rotation per rendered image. Ray marching and compositing keep
-    # the real camera. This relies on view-dependent appearance (specular reflection, each camera's
-    # colour response) varying smoothly with the view direction, and on held-out views lying between
-    # the training cameras: the correction is then asked to vary smoothly between them. 0: the
-    # published method.
-    view_jitter_deg: float = 0.0
     hidden: int = 128  # width of the lightweight decoder's MLPs
     pointnerf_hidden: int = 256  # width of the Point-NeRF decoder's MLPs
     leaky_slope: float = 0.2  # negative slope of the decoder MLPs' LeakyReLUs

@@ -258,16 +258,12 @@ def render_rays(
 ) -> RayBatch:
     """Render the rays through pixels (R, 2) long (x, y), chunk_rays at a time.
 
-    decoder: a radiance decoder (see decode_at). training: jitter the candidate bins and, with
-    cfg.decoder.view_jitter_deg > 0, rotate the decoder's view (one random_rotation for all the rays),
-    both drawn from `generator`. background: None (black), a colour (3,) or one colour per ray (R, 3).
-    precision: the context the decoder's networks run in (e.g. bfloat16 autocast); geometry stays
-    float32.
+    decoder: a radiance decoder (see decode_at). training: jitter the candidate bins (drawn from
+    `generator`). background: None (black), a colour (3,) or one colour per ray (R, 3). precision: the
+    context the decoder's networks run in (e.g. bfloat16 autocast); geometry stays float32.
     """
     if cfg.chunk_rays <= 0:
         raise ValueError(f"chunk_rays must be positive, got {cfg.chunk_rays}")
-    if cfg.decoder.view_jitter_deg < 0:
-        raise ValueError(f"view_jitter_deg must not be negative, got {cfg.decoder.view_jitter_deg}")
     device = scene.guide_depth.device
     pixels = pixels.to(device)
     if pixels.shape[0] == 0:  # e.g. the covered pixels of a camera that does not see the head
@@ -281,9 +277,6 @@ def render_rays(
     background = background.to(device).expand(pixels.shape[0], 3)
     # All rays at once, so that a ray's direction (hence its samples) never depends on the chunking.
     origin, ray_dirs = pixel_rays(scene.camera, pixels.float() + 0.5)  # (3,), (R, 3)
-    view = None  # the decoder sees the real camera
-    if training and cfg.decoder.view_jitter_deg > 0:
-        view = random_rotation(cfg.decoder.view_jitter_deg, generator, device)
     chunks = []
     for lo in range(0, pixels.shape[0], cfg.chunk_rays):
         part = slice(lo, lo + cfg.chunk_rays)
@@ -299,7 +292,6 @@ def render_rays(
                 generator,
                 background[part],
                 precision,
-                view,
             )
         )
     return RayBatch(*(torch.cat([getattr(c, f.name) for c in chunks]) for f in fields(RayBatch)))
@@ -316,10 +308,8 @@ def _render_chunk(
     generator: torch.Generator | None,
     background: torch.Tensor,
     precision: Precision,
-    view: torch.Tensor | None = None,
 ) -> RayBatch:
-    """One chunk of rays: pixels (R, 2), camera centre (3,), unit ray_dirs (R, 3), background (R, 3),
-    the rotation (3, 3) of the decoder's view or None (see decode_at)."""
+    """One chunk of rays: pixels (R, 2), camera centre (3,), unit ray_dirs (R, 3), background (R, 3)."""
     camera = scene.camera
     device = pixels.device
     with stage("sampling_query"):
@@ -339,14 +329,7 @@ def _render_chunk(
         if scene.ray_uv is not None:
             ray_uv = scene.ray_uv[pixels[:, 1], pixels[:, 0]][ray_of_sample]  # (N, 2)
         sample_sigma, sample_rgb = decode_at(
-            scene,
-            decoder,
-            samples,
-            ray_dirs[ray_of_sample],
-            cfg.decoder.min_distance_mm,
-            precision,
-            ray_uv,
-            view,
+            scene, decoder, samples, ray_dirs[ray_of_sample], cfg.decoder.min_distance_mm, precision, ray_uv
         )
         sigma = sigma.index_put((ray_of_sample, slot_of_sample), sample_sigma.float())
         rgb = rgb.index_put((ray_of_sample, slot_of_sample), sample_rgb.float())
@@ -365,14 +348,11 @@ def decode_at(
     min_distance: float,
     precision: Precision = contextlib.nullcontext,
     ray_uv: torch.Tensor | None = None,
-    view: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """sigma (N,), rgb (N, 3) from `decoder` at points samples (N, 3) seen along ray_dirs (N, 3), with
     their K nearest neural points of `scene`; min_distance as in the decoder's neighbour weights.
     With a texture lookup, ray_uv (N, 2) is the UV to look each sample's colour up at (NaN: the UV
-    blended from its neighbours); None: the blended UV for all. view: a rotation Q (3, 3) of the
-    decoder's view, or None: the decoder sees the directions Q d and the offsets in the frame of a
-    virtual camera rotated by Q (R Q^T delta instead of R delta); the neighbours stay those of samples.
+    blended from its neighbours); None: the blended UV for all.
 
     A decoder with `decode_blended` (the lightweight RadianceDecoder) gets its neighbours blended by
     npva.model.blend (the Triton kernel when scene.fast); any other decoder is called with the
@@ -382,33 +362,9 @@ def decode_at(
     with stage("sampling_query"):
         idx, _ = scene.index.query(samples)  # (N, K)
     with stage("decoding"):
-        rotation = torch.as_tensor(scene.camera.R, dtype=samples.dtype, device=samples.device)
-        if view is not None:
-            view = view.to(samples.dtype)
-            rotation, ray_dirs = rotation @ view.T, _rotate_rows(view, ray_dirs)
-        path = _decode_blended if hasattr(decoder, "decode_blended") else _decode_neighbours
-        return path(scene, decoder, samples, idx, rotation, ray_dirs, min_distance, precision, ray_uv)
-
-
-def random_rotation(
-    max_angle_deg: float, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """(3, 3) rotation by an angle uniform in [0, max_angle_deg] degrees about an axis uniform on the
-    sphere, both drawn from `generator` (on `device`)."""
-    axis = torch.randn(3, generator=generator, device=device)
-    axis = axis / axis.norm().clamp_min(1e-12)
-    angle = torch.deg2rad(max_angle_deg * torch.rand((), generator=generator, device=device))
-    x, y, z = axis
-    zero = torch.zeros((), device=device)
-    cross = torch.stack((torch.stack((zero, -z, y)), torch.stack((z, zero, -x)), torch.stack((-y, x, zero))))
-    # Rodrigues: I + sin(a) [k]x + (1 - cos(a)) [k]x^2
-    return torch.eye(3, device=device) + angle.sin() * cross + (1 - angle.cos()) * (cross @ cross)
-
-
-def _rotate_rows(rotation: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """rotation (3, 3) applied to each of rows (N, 3), written out per component (not a matrix product)
-    so that a row's result never depends on the batch it is in."""
-    return sum(rows[:, j : j + 1] * rotation[:, j] for j in range(3))
+        if hasattr(decoder, "decode_blended"):
+            return _decode_blended(scene, decoder, samples, idx, ray_dirs, min_distance, precision, ray_uv)
+        return _decode_neighbours(scene, decoder, samples, idx, ray_dirs, min_distance, precision, ray_uv)
 
 
 def _decode_blended(
@@ -416,15 +372,13 @@ def _decode_blended(
     decoder: torch.nn.Module,
     samples: torch.Tensor,
     idx: torch.Tensor,
-    rotation: torch.Tensor,
     ray_dirs: torch.Tensor,
     min_distance: float,
     precision: Precision,
     ray_uv: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The blended path of decode_at; rotation (3, 3): world to the decoder's camera frame. With a
-    texture lookup the blended features' RGB channels are the texture at the blended UV (see
-    _with_texture_colour), or at ray_uv where it is given."""
+    """The blended path of decode_at. With a texture lookup the blended features' RGB channels are the
+    texture at the blended UV (see _with_texture_colour), or at ray_uv where it is given."""
     points = scene.points
     values = points.features if scene.texture is None else torch.cat((points.features, points.uv), 1)
     mean_values, mean_offset = blend_neighbours(
@@ -437,7 +391,10 @@ def _decode_blended(
         colour = sample_texture(scene.texture, uv).to(mean_feature.dtype)
         colour = torch.where(has_valid[:, None], colour, 0.0)
         mean_feature = torch.cat((mean_feature[:, :-3], colour), 1)
-    camera_offset = _rotate_rows(rotation.to(mean_offset.dtype), mean_offset)
+    rotation = torch.as_tensor(scene.camera.R, dtype=mean_offset.dtype, device=mean_offset.device)
+    # R delta written out per component (not a matrix product), so that a row's result never depends
+    # on the batch it is in.
+    camera_offset = sum(mean_offset[:, j : j + 1] * rotation[:, j] for j in range(3))
     offsets = torch.cat((mean_offset, camera_offset), 1)  # (N, 6) world; camera
     with precision():
         return decoder.decode_blended(mean_feature, offsets, has_valid, ray_dirs)
@@ -448,18 +405,18 @@ def _decode_neighbours(
     decoder: torch.nn.Module,
     samples: torch.Tensor,
     idx: torch.Tensor,
-    rotation: torch.Tensor,
     ray_dirs: torch.Tensor,
     min_distance: float,
     precision: Precision,
     ray_uv: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The per-neighbour path of decode_at; rotation (3, 3): world to the decoder's camera frame."""
-    points = scene.points
+    """The per-neighbour path of decode_at."""
+    points, camera = scene.points, scene.camera
     valid = idx >= 0
     rows = safe_rows(idx, max(len(points), 1))
     offsets_world = points.positions[rows] - samples[:, None, :]  # (N, K, 3)
-    offsets_camera = offsets_world @ rotation.to(offsets_world.dtype).T
+    rotation = torch.as_tensor(camera.R, dtype=offsets_world.dtype, device=offsets_world.device)
+    offsets_camera = offsets_world @ rotation.T
     features = points.features[rows]  # (N, K, C)
     if scene.texture is not None:
         uv = points.uv[rows]  # (N, K, 2)
