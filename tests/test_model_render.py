@@ -17,7 +17,7 @@ from npva.model.avatar import Avatar
 from npva.model.decoding import make_radiance_decoder
 from npva.model.networks import AvatarNetwork, DecodedMaps
 from npva.model.query import knn_radius_bruteforce
-from npva.model.render import UVTemplate, build_scene, decode_at, render_rays, tracked_uv_image
+from npva.model.render import UVTemplate, build_scene, chunk_size, decode_at, render_rays, tracked_uv_image
 
 UV = 16  # coarse map side
 POINTS = 32  # point map side
@@ -135,6 +135,15 @@ def test_chunked_render_equals_one_chunk():
     for name in ("colour", "depth", "opacity"):
         assert torch.allclose(getattr(chunked.rays, name), getattr(whole.rays, name), atol=1e-4)
     assert whole.rays.depth.max() > 300  # the camera is 400 mm from the bump
+
+
+def test_the_chunk_size_follows_the_setting_or_else_the_device():
+    unset = replace(RENDER, chunk_rays=None)
+    assert chunk_size(unset, torch.device("cpu")) == 65_536  # memory first on a CPU
+    assert chunk_size(unset, torch.device("cuda")) == 400_000  # a 1024x667 frame's covered pixels at once
+    assert chunk_size(replace(RENDER, chunk_rays=37), torch.device("cuda")) == 37
+    with pytest.raises(ValueError, match="chunk_rays must be positive, got 0"):
+        chunk_size(replace(RENDER, chunk_rays=0), torch.device("cpu"))
 
 
 def test_pixel_subset_equals_the_full_render_there():

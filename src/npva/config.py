@@ -168,10 +168,9 @@ class RenderConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    # Rays decoded at once; bounds memory for any image size. 400,000 holds the covered pixels of a
-    # 1024x667 frame (about 308,000) in one chunk: on an H200 such a frame rendered in 46-49 ms against
-    # 54-68 ms in chunks of 65,536, at 5.7 against 2.2 GiB of peak memory (benchmarks/README.md).
-    chunk_rays: int = resumable(400_000)
+    # Rays decoded at once; bounds memory for any image size. None: by device
+    # (npva.model.render.DEFAULT_CHUNK_RAYS).
+    chunk_rays: int | None = resumable(None)
     # > 0: cells of the point map whose points lie farther apart than this get extra points in between
     # (npva.model.points.densify_points), so that stretched parts of the UV layout (a neck, an open
     # mouth) keep no holes. 0: one point per texel, as published.

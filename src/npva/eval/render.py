@@ -47,7 +47,7 @@ from npva.geometry.camera import Camera
 from npva.geometry.mesh import Mesh, to_world
 from npva.io.multiface import write_image, write_obj
 from npva.model.avatar import Avatar
-from npva.model.render import FrameScene, RenderOutput, decode_at
+from npva.model.render import FrameScene, RenderOutput, chunk_size, decode_at
 
 MIN_OPACITY = 0.5  # rays less opaque than this have no depth
 
@@ -334,7 +334,7 @@ def _write_view_files(
         np.save(f, depth)
     files["points"] = folder / f"{cam}_points.ply"
     scene = view.output.scene
-    colours = point_colours(avatar, scene, avatar.render_config.chunk_rays)
+    colours = point_colours(avatar, scene, chunk_size(avatar.render_config, scene.points.positions.device))
     write_ply(
         files["points"],
         scene.points.positions.detach().cpu().numpy(),

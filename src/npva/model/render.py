@@ -246,6 +246,23 @@ def tracked_uv_image(
 Precision = Callable[[], contextlib.AbstractContextManager]
 
 
+# Rays decoded at once when RenderConfig.chunk_rays is None. On CUDA, 400,000 holds the covered pixels of
+# a 1024x667 frame (about 308,000) in one chunk: on an H200 such a frame rendered in 46-49 ms against
+# 54-68 ms in chunks of 65,536, at 5.7 against 2.2 GiB of peak memory (benchmarks/README.md). On the CPU
+# the larger chunk is no faster and needs more memory: a 1024x667 frame of every pixel of the demo avatar
+# peaked at 2.6 GiB against 1.1 GiB (2026-12-05).
+DEFAULT_CHUNK_RAYS = {"cuda": 400_000}
+CPU_CHUNK_RAYS = 65_536
+
+
+def chunk_size(cfg: RenderConfig, device: torch.device) -> int:
+    """Rays decoded at once on `device`: cfg.chunk_rays, or the device's default when it is None."""
+    chunk = DEFAULT_CHUNK_RAYS.get(device.type, CPU_CHUNK_RAYS) if cfg.chunk_rays is None else cfg.chunk_rays
+    if chunk <= 0:
+        raise ValueError(f"chunk_rays must be positive, got {chunk}")
+    return chunk
+
+
 def render_rays(
     scene: FrameScene,
     decoder: torch.nn.Module,
@@ -262,9 +279,8 @@ def render_rays(
     `generator`). background: None (black), a colour (3,) or one colour per ray (R, 3). precision: the
     context the decoder's networks run in (e.g. bfloat16 autocast); geometry stays float32.
     """
-    if cfg.chunk_rays <= 0:
-        raise ValueError(f"chunk_rays must be positive, got {cfg.chunk_rays}")
     device = scene.guide_depth.device
+    chunk = chunk_size(cfg, device)
     pixels = pixels.to(device)
     if pixels.shape[0] == 0:  # e.g. the covered pixels of a camera that does not see the head
         none = scene.guide_depth.new_zeros(0)
@@ -278,8 +294,8 @@ def render_rays(
     # All rays at once, so that a ray's direction (hence its samples) never depends on the chunking.
     origin, ray_dirs = pixel_rays(scene.camera, pixels.float() + 0.5)  # (3,), (R, 3)
     chunks = []
-    for lo in range(0, pixels.shape[0], cfg.chunk_rays):
-        part = slice(lo, lo + cfg.chunk_rays)
+    for lo in range(0, pixels.shape[0], chunk):
+        part = slice(lo, lo + chunk)
         chunks.append(
             _render_chunk(
                 scene,
