@@ -251,13 +251,14 @@ Precision = Callable[[], contextlib.AbstractContextManager]
 # 54-68 ms in chunks of 65,536, at 5.7 against 2.2 GiB of peak memory (benchmarks/README.md). On the CPU
 # the larger chunk is no faster and needs more memory: a 1024x667 frame of every pixel of the demo avatar
 # peaked at 2.6 GiB against 1.1 GiB (2026-12-05).
-DEFAULT_CHUNK_RAYS = {"cuda": 400_000}
-CPU_CHUNK_RAYS = 65_536
+DEFAULT_CHUNK_RAYS = {"cuda": 400_000, "cpu": 65_536}  # other devices take the CPU's
 
 
 def chunk_size(cfg: RenderConfig, device: torch.device) -> int:
     """Rays decoded at once on `device`: cfg.chunk_rays, or the device's default when it is None."""
-    chunk = DEFAULT_CHUNK_RAYS.get(device.type, CPU_CHUNK_RAYS) if cfg.chunk_rays is None else cfg.chunk_rays
+    chunk = cfg.chunk_rays
+    if chunk is None:
+        chunk = DEFAULT_CHUNK_RAYS.get(device.type, DEFAULT_CHUNK_RAYS["cpu"])
     if chunk <= 0:
         raise ValueError(f"chunk_rays must be positive, got {chunk}")
     return chunk
