@@ -214,10 +214,12 @@ def coarse_mesh(
 
 
 @torch.no_grad()
-def point_colours(avatar: Avatar, scene: FrameScene, chunk: int = 65536) -> torch.Tensor:
+def point_colours(avatar: Avatar, scene: FrameScene) -> torch.Tensor:
     """(P, 3) colour in [0, 1] of each neural point of `scene`: the radiance decoder at the point,
-    with its K nearest points within the radius, looking from the camera centre towards it."""
+    with its K nearest points within the radius, looking from the camera centre towards it; as many
+    points at once as the avatar's render settings decode rays."""
     positions = scene.points.positions.detach()
+    chunk = chunk_size(avatar.render_config, positions.device)
     centre = torch.as_tensor(scene.camera.centre, dtype=positions.dtype, device=positions.device)
     min_distance = avatar.render_config.decoder.min_distance_mm
     colours = []
@@ -334,7 +336,7 @@ def _write_view_files(
         np.save(f, depth)
     files["points"] = folder / f"{cam}_points.ply"
     scene = view.output.scene
-    colours = point_colours(avatar, scene, chunk_size(avatar.render_config, scene.points.positions.device))
+    colours = point_colours(avatar, scene)
     write_ply(
         files["points"],
         scene.points.positions.detach().cpu().numpy(),
