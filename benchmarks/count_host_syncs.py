@@ -82,18 +82,14 @@ def cuda_sync_census() -> Iterator[collections.Counter[str]]:
         if "synchroniz" in str(message):
             sites[call_site()] += 1
 
-    shown = warnings.showwarning
-    warnings.showwarning = record
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                yield sites
-            finally:
-                torch.cuda.set_sync_debug_mode(0)
-    finally:
-        warnings.showwarning = shown
+    with warnings.catch_warnings():  # restores the filters and warnings.showwarning on leaving
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield sites
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
 
 
 def main() -> None:
