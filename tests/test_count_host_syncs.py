@@ -6,10 +6,15 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from npva.config import GEPConfig
+from npva.geometry.camera import camera_tensors, look_at
 from npva.model.losses import mesh_loss, points_loss, smoothness_loss
+from npva.model.sampling import OccupancyGrid, optical_axis, probe_depths
+from npva.train.gep import GEPSampler
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "count_host_syncs.py"
 _SPEC = importlib.util.spec_from_file_location("count_host_syncs", _PATH)
@@ -38,6 +43,8 @@ def test_the_script_lists_the_waits_of_a_training_step(tiny_subject, gendir, cap
     lines = capsys.readouterr().out.splitlines()
     assert "operations that would wait for a GPU in 2 steps" in lines[0]
     assert any("render.py" in line and "nonzero" in line for line in lines[1:])
+    # The neural points' texels are found once, not by a boolean index per frame.
+    assert not any("build_neural_points" in line for line in lines[1:])
 
 
 @pytest.mark.gpu
@@ -48,6 +55,31 @@ def test_on_a_gpu_the_census_counts_the_waits_that_cuda_reports():
         values.nonzero()
         values * 2  # queued: no wait
     assert sites == {"(outside npva)": 1}  # called from this test, in no frame of the package
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_per_frame_structures_wait_once_each():
+    from npva.model.fast.query import TritonNeighbourIndex
+
+    K = np.array([[100.0, 0.0, 48.0], [0.0, 100.0, 32.0], [0.0, 0.0, 1.0]])
+    camera = look_at("cam", np.array([0.0, 0.0, -400.0]), np.zeros(3), np.array([0.0, -1.0, 0.0]), K, 64, 96)
+    points = torch.randn(5000, 3, device="cuda") * 40.0
+    depth = torch.rand(64, 96, device="cuda") * 500.0
+    pixels = torch.randint(0, 64, (300, 2), device="cuda")
+    sampler = GEPSampler(1, 64, 96, GEPConfig())
+    errors = torch.rand(300, device="cuda")
+    sampler.cell_statistics(pixels, errors)  # copies its tables to the device once
+    with census_script.cuda_sync_census() as none:
+        camera_tensors(camera, "cuda")
+        optical_axis(camera, "cuda")
+        probe_depths(depth, pixels, 4)
+        sampler.cell_statistics(pixels, errors)
+    with census_script.cuda_sync_census() as occupancy:
+        OccupancyGrid(points, 2.0, 1)
+    with census_script.cuda_sync_census() as index:
+        TritonNeighbourIndex(points, 5.0, 8)
+    assert (none.total(), occupancy.total(), index.total()) == (0, 1, 1)
 
 
 def test_the_geometry_loss_terms_make_the_host_wait_for_nothing():

@@ -16,6 +16,7 @@ from npva.model.points import (
     coarse_vertices_world,
     densify_points,
     point_texel_mask,
+    point_texels,
     rasterize_guide,
     texel_uv,
     upsample_coarse_map,
@@ -65,8 +66,10 @@ def test_texel_mask_keeps_points_inside_the_islands():
     assert torch.equal(mask, expected)
     features = torch.arange(16.0).reshape(1, 4, 4)
     rotation, translation = _pose()
+    texels = point_texels(coverage, 4)
+    assert texels.tolist() == [0, 1, 4, 5, 10, 11, 14, 15]
     points = build_neural_points(
-        torch.zeros(3, 2, 2), torch.zeros(3, 4, 4), features, rotation, translation, mask
+        torch.zeros(3, 2, 2), torch.zeros(3, 4, 4), features, rotation, translation, texels
     )
     assert points.texel_index.tolist() == [0, 1, 4, 5, 10, 11, 14, 15]
     assert torch.equal(points.uv, texel_uv(4)[points.texel_index])

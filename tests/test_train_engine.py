@@ -29,6 +29,7 @@ from npva.geometry.camera import look_at
 from npva.io.multiface import read_frame_list, write_frame_list
 from npva.io.subject import SubjectLayout
 from npva.model.avatar import Avatar, CameraBackground, CameraColour, calibrated
+from npva.model.points import point_texels
 from npva.model.render import UVTemplate
 from npva.train import build_config, load_avatar, preset_config, train
 from npva.train import checkpoint as ckpt
@@ -337,6 +338,19 @@ def test_the_template_follows_a_loaded_position_map_std():
     assert avatar.template.std == 1.0
     avatar.load_state_dict(trained.state_dict())
     assert avatar.template.std == 2.5  # what rendering reads, without reading the buffer per frame
+
+
+def test_the_template_keeps_the_point_texels_of_its_coverage():
+    config = preset_config("tiny")
+    size, points = config.model.posmap_size, config.model.point_map_size
+    coverage = torch.ones(size, size, dtype=torch.bool)
+    coverage[: size // 2] = False
+    template = UVTemplate.from_coverage(torch.zeros(3, size, size), 1.0, coverage)
+    avatar = Avatar(config.model, config.render, template, _no_mouth(config), "black")
+    # Found once, not per frame (a search of the coverage on a GPU makes the host wait).
+    texels = avatar.template.point_texels[points]
+    assert torch.equal(texels, point_texels(coverage, points))
+    assert len(texels) == points * points // 2
 
 
 def test_retired_settings_are_refused_on_the_command_line_and_read_from_older_runs():

@@ -53,9 +53,21 @@ class Camera:
 def camera_tensors(
     camera: Camera, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """K (3, 3), R (3, 3), t (3,) as tensors."""
-    as_t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
-    return as_t(camera.K), as_t(camera.R), as_t(camera.t)
+    """K (3, 3), R (3, 3), t (3,) as tensors, in one copy to the device."""
+    packed = np.concatenate([np.ravel(camera.K), np.ravel(camera.R), np.ravel(camera.t)])
+    values = host_to_device(packed, device, dtype)
+    return values[:9].view(3, 3), values[9:18].view(3, 3), values[18:21]
+
+
+def host_to_device(
+    array: np.ndarray, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """A host array as a tensor on `device`. To a GPU it goes through pinned memory without waiting: a
+    copy from pageable memory would make the host wait until the GPU has run all the work queued so far."""
+    tensor = torch.as_tensor(array, dtype=dtype)
+    if device is None or torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def world_to_camera(points: torch.Tensor, camera: Camera) -> torch.Tensor:

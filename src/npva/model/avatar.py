@@ -40,7 +40,7 @@ from npva.geometry.camera import Camera
 from npva.model.decoding import make_radiance_decoder
 from npva.model.losses import compute_losses
 from npva.model.networks import AvatarNetwork, DecodedMaps
-from npva.model.points import point_texel_mask, upsample_coarse_map
+from npva.model.points import point_texel_mask, point_texels, upsample_coarse_map
 from npva.model.render import RenderOutput, UVTemplate, all_pixels, build_scene, render_rays
 from npva.timing import stage
 
@@ -192,6 +192,9 @@ class Avatar(nn.Module):
         self._pos_std = float(template.std)
         self.register_load_state_dict_post_hook(_refresh_pos_std)
         self.register_buffer("coverage", template.coverage.detach().bool().clone())
+        # The neural points' texels, found once: finding them on a GPU makes the host wait.
+        texels = point_texels(self.coverage, model.point_map_size)
+        self.register_buffer("point_texels", texels, persistent=False)
         self.register_buffer("grid_faces", template.grid_faces.detach().long().clone())
         self.register_buffer("mouth", torch.as_tensor(mouth).detach().bool().clone())
         self.autocast_dtype: torch.dtype | None = None  # set by the engine for CUDA mixed precision
@@ -216,7 +219,8 @@ class Avatar(nn.Module):
 
     @property
     def template(self) -> UVTemplate:
-        return UVTemplate(self.mean_map, self._pos_std, self.coverage, self.grid_faces)
+        texels = {self.network.cfg.point_map_size: self.point_texels}
+        return UVTemplate(self.mean_map, self._pos_std, self.coverage, self.grid_faces, texels)
 
     def normalized_posmap(self, posmap: torch.Tensor) -> torch.Tensor:
         """Encoder input (P - mean) / std: posmap (3, S, S) or (B, 3, S, S) -> (B, 3, S, S)."""

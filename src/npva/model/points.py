@@ -48,6 +48,12 @@ def point_texel_mask(coverage: torch.Tensor, size: int) -> torch.Tensor:
     return coverage[centre[:, None], centre[None, :]]
 
 
+def point_texels(coverage: torch.Tensor, size: int) -> torch.Tensor:
+    """(M,) long flat indices (i * size + j) of the size x size point map's texels that
+    point_texel_mask keeps."""
+    return torch.nonzero(point_texel_mask(coverage, size).reshape(-1))[:, 0]
+
+
 def texel_uv(size: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(size * size, 2) UV of the texel centres of a size x size map, flat index i * size + j."""
     centre = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size
@@ -62,13 +68,14 @@ def build_neural_points(
     features: torch.Tensor,
     rotation: torch.Tensor,
     translation: torch.Tensor,
-    texel_mask: torch.Tensor | None = None,
+    texels: torch.Tensor | None = None,
 ) -> NeuralPoints:
     """Neural points of one frame.
 
     coarse_map (3, S, S) face frame; displacement (3, P, P); features (C, P, P); rotation (3, 3) and
-    translation (3,) the head pose (x_world = R x_face + t); texel_mask (P, P) bool keeps only those
-    texels (None keeps all). Position = upsampled coarse map + displacement, moved to world.
+    translation (3,) the head pose (x_world = R x_face + t); texels (M,) long flat texel indices
+    (i * P + j) keeps only those texels, in that order (None keeps all; see point_texels).
+    Position = upsampled coarse map + displacement, moved to world.
     Differentiable with respect to the three maps.
     """
     size = displacement.shape[-1]
@@ -81,8 +88,8 @@ def build_neural_points(
     positions = to_world(face.reshape(3, -1).T, rotation, translation)  # (P*P, 3)
     feats = features.reshape(features.shape[0], -1).T  # (P*P, C)
     texel_index = torch.arange(size * size, device=positions.device)
-    if texel_mask is not None:
-        texel_index = texel_index[texel_mask.reshape(-1)]
+    if texels is not None:
+        texel_index = texels.to(positions.device)
         positions = positions[texel_index]
         feats = feats[texel_index]
     uv = texel_uv(size, positions.device).to(positions.dtype)[texel_index]

@@ -130,8 +130,7 @@ class NeighbourIndex:
         keys = _linear_key(cells, self.dims)
         keys_sorted, self.order = torch.sort(keys, stable=True)  # stable: ascending index per cell
         self.sorted_points = points[self.order]
-        self.cell_keys, self.cell_counts = torch.unique_consecutive(keys_sorted, return_counts=True)
-        self.cell_starts = torch.cumsum(self.cell_counts, 0) - self.cell_counts
+        self._index_cells(keys_sorted)
 
         steps = torch.arange(-self.reach, self.reach + 1, device=self.device)
         self.offsets = torch.cartesian_prod(steps, steps, steps)  # (O, 3) searched cell offsets
@@ -139,6 +138,12 @@ class NeighbourIndex:
         # neighbour either way. Their keys live in that padded grid.
         self._pad = self.reach + 1
         self._padded_dims = self.dims + 2 * self._pad
+
+    def _index_cells(self, keys_sorted: torch.Tensor) -> None:
+        """From the points' sorted cell keys (P,): the occupied cells' keys (C,), their point counts
+        (C,) and their first slots in the sorted order (C,)."""
+        self.cell_keys, self.cell_counts = torch.unique_consecutive(keys_sorted, return_counts=True)
+        self.cell_starts = torch.cumsum(self.cell_counts, 0) - self.cell_counts
 
     def _cell_coords(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3) positions -> (N, 3) long cell coordinates relative to the grid origin."""

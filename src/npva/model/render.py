@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
 from npva.config import RenderConfig
 from npva.errors import NonFiniteError
-from npva.geometry.camera import Camera, pixel_rays
+from npva.geometry.camera import Camera, camera_tensors, pixel_rays
 from npva.geometry.mesh import uv_grid_faces
 from npva.geometry.raster import interpolate, rasterize_camera
 from npva.geometry.texture import sample_texture, texel_flags
@@ -38,7 +38,7 @@ from npva.model.points import (
     build_neural_points,
     coarse_vertices_world,
     densify_points,
-    point_texel_mask,
+    point_texels,
     rasterize_guide,
     texel_uv,
 )
@@ -61,12 +61,15 @@ class UVTemplate:
     std: the scalar std s of the position maps (coarse map = s * o + mean).
     coverage: (S, S) bool texels inside the UV islands.
     grid_faces: (F, 3) long UV grid mesh over the covered texels (vertex i * S + j).
+    point_texels: point map side P -> (M,) long point_texels(coverage, P), kept for the sizes that
+        render often (found from the coverage for every frame otherwise: a GPU would make the host wait).
     """
 
     mean_map: torch.Tensor
     std: float
     coverage: torch.Tensor
     grid_faces: torch.Tensor
+    point_texels: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def from_coverage(cls, mean_map: torch.Tensor, std: float, coverage: torch.Tensor) -> UVTemplate:
@@ -76,8 +79,9 @@ class UVTemplate:
         return cls(mean_map=mean_map, std=float(std), coverage=coverage, grid_faces=faces)
 
     def to(self, device: torch.device | str) -> UVTemplate:
+        texels = {size: index.to(device) for size, index in self.point_texels.items()}
         return UVTemplate(
-            self.mean_map.to(device), self.std, self.coverage.to(device), self.grid_faces.to(device)
+            self.mean_map.to(device), self.std, self.coverage.to(device), self.grid_faces.to(device), texels
         )
 
 
@@ -191,8 +195,13 @@ def build_scene(
             posmap = tracked_posmap.to(device, dtype)
             ray_uv = tracked_uv_image(posmap, rotation, translation, camera, open_texels)
     size = maps.displacement.shape[-1]
-    mask = point_texel_mask(template.coverage, size) if mask_points else None
-    points = build_neural_points(coarse, maps.displacement[0], maps.features[0], rotation, translation, mask)
+    texels = None
+    if mask_points:
+        texels = template.point_texels.get(size)
+        if texels is None:
+            texels = point_texels(template.coverage, size)
+    displacement, features = maps.displacement[0], maps.features[0]
+    points = build_neural_points(coarse, displacement, features, rotation, translation, texels)
     if cfg.densify_mm > 0:
         points = densify_points(points, size, cfg.densify_mm)
     detached = points.positions.detach()
@@ -408,7 +417,7 @@ def _decode_blended(
         colour = sample_texture(scene.texture, uv).to(mean_feature.dtype)
         colour = torch.where(has_valid[:, None], colour, 0.0)
         mean_feature = torch.cat((mean_feature[:, :-3], colour), 1)
-    rotation = torch.as_tensor(scene.camera.R, dtype=mean_offset.dtype, device=mean_offset.device)
+    _, rotation, _ = camera_tensors(scene.camera, mean_offset.device, mean_offset.dtype)
     # R delta written out per component (not a matrix product), so that a row's result never depends
     # on the batch it is in.
     camera_offset = sum(mean_offset[:, j : j + 1] * rotation[:, j] for j in range(3))
@@ -432,7 +441,7 @@ def _decode_neighbours(
     valid = idx >= 0
     rows = safe_rows(idx, max(len(points), 1))
     offsets_world = points.positions[rows] - samples[:, None, :]  # (N, K, 3)
-    rotation = torch.as_tensor(camera.R, dtype=offsets_world.dtype, device=offsets_world.device)
+    _, rotation, _ = camera_tensors(camera, offsets_world.device, offsets_world.dtype)
     offsets_camera = offsets_world @ rotation.T
     features = points.features[rows]  # (N, K, C)
     if scene.texture is not None:

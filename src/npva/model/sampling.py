@@ -11,12 +11,13 @@ Three steps per ray:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from npva.config import SamplingConfig
-from npva.geometry.camera import Camera
+from npva.geometry.camera import Camera, camera_tensors
 from npva.model.rowscan import scan_rows
 
 
@@ -26,7 +27,7 @@ def probe_depths(guide_depth: torch.Tensor, pixels: torch.Tensor, offset: int) -
     Probes outside the image are clipped to its border.
     """
     height, width = guide_depth.shape
-    steps = torch.tensor((-offset, 0, offset), device=pixels.device)
+    steps = torch.arange(-1, 2, device=pixels.device) * offset  # made on the device: no copy to wait for
     dy, dx = torch.meshgrid(steps, steps, indexing="ij")
     xs = (pixels[:, 0:1] + dx.reshape(1, 9)).clamp(0, width - 1)
     ys = (pixels[:, 1:2] + dy.reshape(1, 9)).clamp(0, height - 1)
@@ -110,7 +111,8 @@ def depth_guided_candidates(
 
 def optical_axis(camera: Camera, device: torch.device | str | None = None) -> torch.Tensor:
     """(3,) unit viewing direction of the camera (its z axis) in world coordinates."""
-    return torch.as_tensor(camera.R[2], dtype=torch.float32, device=device)
+    _, rotation, _ = camera_tensors(camera, device)
+    return rotation[2]
 
 
 def candidate_positions(
@@ -155,17 +157,19 @@ class OccupancyGrid:
             return
         self.low = vox.min(0).values - reach  # grid padded so dilation never leaves it
         self.dims = vox.max(0).values + reach + 1 - self.low
-        if int(torch.prod(self.dims)) <= dense_limit:
-            self.volume = self._dense(vox - self.low, reach)
+        dims = self.dims.tolist()  # the one wait for the device in a build
+        if math.prod(dims) <= dense_limit:
+            self.volume = self._dense(vox - self.low, reach, dims)
         else:
             self.keys = self._sparse(vox - self.low, reach)
 
-    def _dense(self, cells: torch.Tensor, reach: int) -> torch.Tensor:
-        """(D0, D1, D2) bool volume of the occupied cells (P, 3), dilated by `reach` along each axis in
-        turn by ORs with shifted copies: shifts of 1, 2, 4, ... widen the window by that much on each
-        side, so the cost grows with log2(reach)."""
-        volume = torch.zeros([int(d) for d in self.dims], dtype=torch.bool, device=self.device)
-        volume[cells[:, 0], cells[:, 1], cells[:, 2]] = True
+    def _dense(self, cells: torch.Tensor, reach: int, dims: list[int]) -> torch.Tensor:
+        """(D0, D1, D2) = dims bool volume of the occupied cells (P, 3), dilated by `reach` along each
+        axis in turn by ORs with shifted copies: shifts of 1, 2, 4, ... widen the window by that much on
+        each side, so the cost grows with log2(reach)."""
+        volume = torch.zeros(dims, dtype=torch.bool, device=self.device)
+        occupied = torch.ones((), dtype=torch.bool, device=self.device)  # a Python True would be copied
+        volume.index_put_((cells[:, 0], cells[:, 1], cells[:, 2]), occupied)
         for axis in range(3):
             length, covered, shift = volume.shape[axis], 0, 1
             while covered < reach:

@@ -73,6 +73,7 @@ class GEPSampler:
         # cell index of every row / column, (H,) and (W,)
         self.cell_of_row = torch.repeat_interleave(torch.arange(cells), self.row_edges.diff())
         self.cell_of_col = torch.repeat_interleave(torch.arange(cells), self.col_edges.diff())
+        self._cell_tables_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cell_pixels = torch.outer(self.row_edges.diff(), self.col_edges.diff())  # (C, C) long
         self.error_map = torch.zeros(num_images, cells, cells)
         self.error_count = torch.zeros(num_images, cells, cells)  # pixel errors seen per cell
@@ -190,10 +191,18 @@ class GEPSampler:
         # on the values (on a GPU a dropped row count would make the host wait for the step).
         finite = torch.isfinite(errors)
         pixels = pixels.long()
-        cell = self.cell_of_row.to(device)[pixels[:, 1]] * cells + self.cell_of_col.to(device)[pixels[:, 0]]
+        cell_of_row, cell_of_col = self._cell_tables(device)
+        cell = cell_of_row[pixels[:, 1]] * cells + cell_of_col[pixels[:, 0]]
         sums = torch.zeros(cells * cells, device=device).index_add_(0, cell, torch.where(finite, errors, 0.0))
         counts = torch.zeros(cells * cells, device=device).index_add_(0, cell, finite.float())
         return sums.reshape(cells, cells), counts.reshape(cells, cells)
+
+    def _cell_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cell_of_row (H,) and cell_of_col (W,) on `device`, copied there once (a copy per step would
+        make the host wait for the GPU)."""
+        if device not in self._cell_tables_on:
+            self._cell_tables_on[device] = (self.cell_of_row.to(device), self.cell_of_col.to(device))
+        return self._cell_tables_on[device]
 
     def accumulate(self, index: int, error_sum: torch.Tensor, error_count: torch.Tensor) -> None:
         """Fold one step's per-cell error sums and counts (C, C) into image `index`'s map."""

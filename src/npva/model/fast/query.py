@@ -130,19 +130,28 @@ class TritonNeighbourIndex(NeighbourIndex):
 
     def __init__(self, points, radius, k, cell_fraction=0.5, max_candidates=None):
         super().__init__(points, radius, k, cell_fraction=cell_fraction, max_candidates=max_candidates)
-        self.dims_host = [int(d) for d in self.dims.tolist()]  # the one host sync of a build
+        if self.cell_start is not None:
+            self.sorted_points = self.sorted_points.contiguous()
+            nearest_first = torch.argsort((self.offsets.float() ** 2).sum(1), stable=True)
+            self.offsets_nearest = self.offsets[nearest_first].int().contiguous()
+
+    def _index_cells(self, keys_sorted: torch.Tensor) -> None:
+        """Dense tables of every cell's first sorted point and point count (D0 * D1 * D2,) int32, made
+        without the reference's unique (which waits for the device); the reference's cell lists when
+        the grid has more than MAX_TABLE_CELLS cells."""
+        bounds = torch.cat((self.dims.double(), self.origin.double())).tolist()  # the one wait of a build
+        self.dims_host = [int(d) for d in bounds[:3]]
+        self.origin_host = bounds[3:]
         cells = math.prod(self.dims_host)
         self.cell_start: torch.Tensor | None = None
         self.cell_count: torch.Tensor | None = None
-        if self.num_points and cells <= MAX_TABLE_CELLS:
-            self.cell_start = torch.zeros(cells, dtype=torch.int32, device=self.device)
-            self.cell_count = torch.zeros(cells, dtype=torch.int32, device=self.device)
-            self.cell_start[self.cell_keys] = self.cell_starts.int()
-            self.cell_count[self.cell_keys] = self.cell_counts.int()
-            self.sorted_points = self.sorted_points.contiguous()
-            self.origin_host = [float(v) for v in self.origin.tolist()]
-            nearest_first = torch.argsort((self.offsets.float() ** 2).sum(1), stable=True)
-            self.offsets_nearest = self.offsets[nearest_first].int().contiguous()
+        if not self.num_points or cells > MAX_TABLE_CELLS:
+            super()._index_cells(keys_sorted)
+            return
+        ones = torch.ones_like(keys_sorted, dtype=torch.int32)
+        self.cell_count = torch.zeros(cells, dtype=torch.int32, device=self.device)
+        self.cell_count.index_add_(0, keys_sorted, ones)
+        self.cell_start = torch.cumsum(self.cell_count, 0, dtype=torch.int32) - self.cell_count
 
     def query(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """queries (Q, 3) -> idx (Q, k) long (-1 empty), dist (Q, k) float32 (+inf empty), as
