@@ -51,13 +51,8 @@ def test_the_script_lists_the_waits_of_a_training_step(tiny_subject, gendir, cap
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_a_gpu_the_census_counts_the_waits_that_cuda_reports():
     values = torch.tensor([0.0, 2.0, 0.0, 3.0], device="cuda")
-    values * 2  # the first launch of a kernel may wait while CUDA loads it
-    torch.cuda.synchronize()
-    with census_script.cuda_sync_census() as queued:
-        values * 2
     with census_script.cuda_sync_census() as waiting:
         values.nonzero()  # CUDA may report its copy of the count and the wait for it separately
-    assert not queued
     assert set(waiting) == {"(outside npva)"}  # called from this test, in no frame of the package
 
 
