@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import torch
 
-from npva.geometry.camera import Camera, project
+from npva.geometry.camera import Camera, host_to_device, project
 
 # rasterize_camera skips triangles with a vertex this close to the camera plane or behind it (mm).
 NEAR_MM = 1.0
@@ -166,9 +166,7 @@ def interpolate(attrs: torch.Tensor, attr_faces: torch.Tensor, frags: Fragments)
 def _to_screen(verts_world: torch.Tensor, camera: Camera) -> torch.Tensor:
     """(V, 3) world points -> (V, 3) [x_pix, y_pix, camera z], through one 3x4 matrix K [R | t]."""
     matrix = camera.K @ np.concatenate((camera.R, camera.t[:, None]), axis=1)
-    matrix = torch.as_tensor(matrix, dtype=verts_world.dtype)
-    if verts_world.is_cuda:  # pinned memory makes the copy asynchronous: no wait for queued work
-        matrix = matrix.pin_memory().to(verts_world.device, non_blocking=True)
+    matrix = host_to_device(matrix, verts_world.device, verts_world.dtype)
     homogeneous = torch.addmm(matrix[:, 3], verts_world, matrix[:, :3].T)
     z = homogeneous[:, 2:]
     # Points at z ~ 0 get huge but finite coordinates (their faces are culled), so gradients stay finite.
