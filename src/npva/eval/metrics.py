@@ -4,9 +4,9 @@ Every image is rendered at the training size in evaluation mode (z = mu, no jitt
 to [0, 1], and compared with the photo of the same size. Two protocols (method.md section 9):
 
 - "standard": per image, PSNR, SSIM and LPIPS in three regions, each averaged over images:
-  "image" (every pixel), "mask" (the photo mask: the tracked mesh's silhouette from preprocessing) and
-  "mouth" (pixels whose tracked-mesh UV lies in the avatar's mouth texels; images where it is empty are
-  left out of that region's means). PSNR is 10 log10(1 / MSE) over the region's pixels; SSIM is the
+  "image" (every pixel), "mask" (the tracked mesh's silhouette: the pixels of preprocessing's mask whose
+  centre the tracked mesh covers) and "mouth" (pixels whose tracked-mesh UV lies in the avatar's mouth
+  texels; images where it is empty are left out of that region's means). PSNR is 10 log10(1 / MSE) over the region's pixels; SSIM is the
   SSIM map of the whole image averaged over the region's pixels; LPIPS compares the two images with
   the pixels outside the region set to 0 (regions image and mask only: a small region in a black image
   says little perceptually).
@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from npva.data.samples import AvatarDataset, TrainSample
 from npva.errors import NpvaError
-from npva.eval.baseline import mouth_region, textured_mesh_image
+from npva.eval.baseline import mesh_uv_image, mouth_region, textured_mesh_image
 from npva.eval.loading import EvalContext, run_directory
 from npva.fileio import atomic_open
 from npva.io.multiface import read_krt
@@ -98,7 +98,8 @@ PROTOCOLS: dict[str, Protocol] = {
             "description": "per-image PSNR, SSIM and LPIPS in each region, averaged over images",
             "regions": {
                 "image": "every pixel",
-                "mask": "the photo mask: pixels covered by the tracked mesh (preprocessing's masks)",
+                "mask": "the tracked mesh's silhouette: pixels of preprocessing's mask whose centre the "
+                "tracked mesh covers",
                 "mouth": "pixels whose tracked-mesh UV lies in the avatar's mouth texels; images where "
                 "it is empty are left out",
             },
@@ -324,12 +325,16 @@ def score_sample(
             row[f"{subject}_kept_pixels"] = int((coverage & mask).sum())
             row.update(_columns(subject, legacy_scores(image, photo, coverage, mask, perceptual)))
         return row
+    # Preprocessing's masks add a rim of pixels that the mesh touches without covering their centre;
+    # there the textured mesh shows the avatar's background colour, which would make the floor's score
+    # depend on what the avatar learned.
+    _, covered = mesh_uv_image(ctx.layout, sample)
     regions = {
         "image": None,
-        "mask": mask,
+        "mask": mask & covered,
         "mouth": mouth_region(ctx.layout, sample, ctx.avatar.mouth),
     }
-    row["mask_pixels"], row["mouth_pixels"] = int(mask.sum()), int(regions["mouth"].sum())
+    row["mask_pixels"], row["mouth_pixels"] = int(regions["mask"].sum()), int(regions["mouth"].sum())
     images = {subject: image for subject, (image, _) in renders.items()}
     for subject, scores in standard_scores(images, photo, regions, perceptual).items():
         row.update(_columns(subject, scores))
