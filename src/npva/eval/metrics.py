@@ -6,10 +6,10 @@ to [0, 1], and compared with the photo of the same size. Two protocols (method.m
 - "standard": per image, PSNR, SSIM and LPIPS in three regions, each averaged over images:
   "image" (every pixel), "mask" (the tracked mesh's silhouette: the pixels of preprocessing's mask whose
   centre the tracked mesh covers) and "mouth" (pixels whose tracked-mesh UV lies in the avatar's mouth
-  texels; images where it is empty are left out of that region's means). PSNR is 10 log10(1 / MSE) over the region's pixels; SSIM is the
-  SSIM map of the whole image averaged over the region's pixels; LPIPS compares the two images with
-  the pixels outside the region set to 0 (regions image and mask only: a small region in a black image
-  says little perceptually).
+  texels; images where it is empty are left out of that region's means). PSNR is 10 log10(1 / MSE)
+  over the region's pixels; SSIM is the SSIM map of the whole image averaged over the region's pixels;
+  LPIPS compares the two images with the pixels outside the region set to 0 (regions image and mask
+  only: a small region in a black image says little perceptually).
 - "npva-legacy" (the published script's numbers): camera 400029 only; pixels outside (rendered
   coverage AND photo mask) set to 0 in both images; per-image MSE over the whole image with colours in
   0-255; PSNR = 10 log10(255^2 / mean of the MSEs over images); LPIPS on the zeroed images. method.md
