@@ -58,9 +58,10 @@ def main() -> None:
     pixels = np.zeros(args.bands)
     for index in range(len(dataset)):
         sample = dataset.load(index).to(ctx.device)
-        photo, mask = sample.targets.image.permute(1, 2, 0), sample.targets.mask
+        photo = sample.targets.image.permute(1, 2, 0)
         avatar = ctx.avatar.render_image(sample.drive, sample.camera)[0].clamp(0, 1)
-        floor = textured_mesh_image(ctx.layout, sample, ctx.avatar.background_colour(sample.cam))[0]
+        floor, covered = textured_mesh_image(ctx.layout, sample, ctx.avatar.background_colour(sample.cam))
+        mask = sample.targets.mask & covered  # the mask region of npva metrics
         for b, band in enumerate(band_masks(mask, args.bands)):
             pixels[b] += 3 * int(band.sum())
             for row, image in enumerate((avatar, floor)):
