@@ -43,13 +43,17 @@ def mesh_uv_image(layout: SubjectLayout, sample: TrainSample) -> tuple[torch.Ten
 
 
 def textured_mesh_image(
-    layout: SubjectLayout, sample: TrainSample, background: torch.Tensor | None = None
+    layout: SubjectLayout,
+    sample: TrainSample,
+    background: torch.Tensor | None = None,
+    mesh_uv: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The baseline image of a sample: image (H, W, 3) float32 in [0, 1] and coverage (H, W) bool.
 
-    background: (3,) colour of the pixels the mesh does not cover; None for black.
+    background: (3,) colour of the pixels the mesh does not cover; None for black. mesh_uv: the
+    sample's mesh_uv_image, when already made.
     """
-    uv, coverage = mesh_uv_image(layout, sample)
+    uv, coverage = mesh_uv if mesh_uv is not None else mesh_uv_image(layout, sample)
     device = uv.device
     texture = read_image(layout.average_texture(sample.seq, sample.frame))  # (T, T, 3) uint8
     texture = torch.from_numpy(np.ascontiguousarray(texture.transpose(2, 0, 1))).to(device).float() / 255
@@ -62,10 +66,16 @@ def textured_mesh_image(
     return image, coverage
 
 
-def mouth_region(layout: SubjectLayout, sample: TrainSample, mouth_uv: torch.Tensor) -> torch.Tensor:
+def mouth_region(
+    layout: SubjectLayout,
+    sample: TrainSample,
+    mouth_uv: torch.Tensor,
+    mesh_uv: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """(H, W) bool: covered pixels whose tracked-mesh UV lies in a mouth texel of mouth_uv (S, S) bool
-    (image layout, row 0 is v = 1; the texel is the one containing the UV)."""
+    (image layout, row 0 is v = 1; the texel is the one containing the UV). mesh_uv: the sample's
+    mesh_uv_image, when already made."""
     if mouth_uv.ndim != 2 or mouth_uv.shape[0] != mouth_uv.shape[1]:
         raise ValueError(f"mouth texels must be a square (S, S) mask, got {tuple(mouth_uv.shape)}")
-    uv, coverage = mesh_uv_image(layout, sample)
+    uv, coverage = mesh_uv if mesh_uv is not None else mesh_uv_image(layout, sample)
     return coverage & texel_flags(mouth_uv, uv)

@@ -316,9 +316,10 @@ def score_sample(
     mask = sample.targets.mask
     rendered, out = ctx.avatar.render_image(sample.drive, sample.camera)
     renders = {"avatar": (rendered.clamp(0, 1), out.to_image(out.rays.opacity) > COVERAGE_OPACITY)}
+    mesh_uv = mesh_uv_image(ctx.layout, sample)  # the tracked mesh by pixel centres
     if baseline:
         background = ctx.avatar.background_colour(sample.cam)
-        renders["baseline"] = textured_mesh_image(ctx.layout, sample, background)
+        renders["baseline"] = textured_mesh_image(ctx.layout, sample, background, mesh_uv)
     row: dict[str, Any] = {"seq": sample.seq, "frame": sample.frame, "cam": sample.cam}
     if protocol.name == "npva-legacy":
         for subject, (image, coverage) in renders.items():
@@ -328,11 +329,10 @@ def score_sample(
     # Preprocessing's masks add a rim of pixels that the mesh touches without covering their centre;
     # there the textured mesh shows the avatar's background colour, which would make the floor's score
     # depend on what the avatar learned.
-    _, covered = mesh_uv_image(ctx.layout, sample)
     regions = {
         "image": None,
-        "mask": mask & covered,
-        "mouth": mouth_region(ctx.layout, sample, ctx.avatar.mouth),
+        "mask": mask & mesh_uv[1],
+        "mouth": mouth_region(ctx.layout, sample, ctx.avatar.mouth, mesh_uv),
     }
     row["mask_pixels"], row["mouth_pixels"] = int(regions["mask"].sum()), int(regions["mouth"].sum())
     images = {subject: image for subject, (image, _) in renders.items()}
