@@ -316,12 +316,14 @@ def score_sample(
     mask = sample.targets.mask
     rendered, out = ctx.avatar.render_image(sample.drive, sample.camera)
     renders = {"avatar": (rendered.clamp(0, 1), out.to_image(out.rays.opacity) > COVERAGE_OPACITY)}
-    mesh_uv = mesh_uv_image(ctx.layout, sample)  # the tracked mesh by pixel centres
+    legacy = protocol.name == "npva-legacy"
+    # The tracked mesh by pixel centres: the floor's coverage and the standard protocol's regions.
+    mesh_uv = mesh_uv_image(ctx.layout, sample) if baseline or not legacy else None
     if baseline:
         background = ctx.avatar.background_colour(sample.cam)
         renders["baseline"] = textured_mesh_image(ctx.layout, sample, background, mesh_uv)
     row: dict[str, Any] = {"seq": sample.seq, "frame": sample.frame, "cam": sample.cam}
-    if protocol.name == "npva-legacy":
+    if legacy:
         for subject, (image, coverage) in renders.items():
             row[f"{subject}_kept_pixels"] = int((coverage & mask).sum())
             row.update(_columns(subject, legacy_scores(image, photo, coverage, mask, perceptual)))
