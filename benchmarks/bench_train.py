@@ -13,8 +13,9 @@ run include it. --no-stages trains without the stage timing (and prints no split
 user's run, where the host prepares the next step while the GPU still works on this one.
 
 --kernels takes one or more settings of render.kernels ("auto": the Triton kernels on CUDA; "torch": the
-plain PyTorch reference); each trains its own fresh run of the same steps, and the speed-up of each over
-the last one is printed at the end.
+plain PyTorch reference) and --graphs one or more of train.cuda_graphs ("on": the networks replay CUDA
+graphs; "off": op by op); each combination trains its own fresh run of the same steps, and the speed-up
+of each over the last one is printed at the end.
 
 Under torchrun (one process per GPU, each training on its own image every step) it also prints every
 process's step times and peak memory, the images per second of all processes together, and whether the
@@ -56,6 +57,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra settings")
     parser.add_argument("--kernels", nargs="+", default=["auto"], help="render.kernels settings to compare")
     parser.add_argument(
+        "--graphs", nargs="+", default=["on"], choices=("on", "off"), help="train.cuda_graphs settings"
+    )
+    parser.add_argument(
         "--no-stages", action="store_true", help="no stage split: the step time without its synchronization"
     )
     parser.add_argument(
@@ -64,32 +68,34 @@ def main() -> None:
     args = parser.parse_args()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.out:
         parser.error("under torchrun give --out: the processes must share one run directory")
-    if args.out and len(args.kernels) > 1:
-        parser.error("--out holds one run: compare --kernels settings without it")
+    settings = [(kernels, graphs) for kernels in args.kernels for graphs in args.graphs]
+    if args.out and len(settings) > 1:
+        parser.error("--out holds one run: compare --kernels or --graphs settings without it")
     if args.out and any(ckpt.checkpoint_dir(Path(args.out)).glob("*.pt")):
         parser.error(f"--out {args.out} already holds a run: the benchmark trains from scratch in a new one")
 
     baseline = read_baseline(Path(args.baseline)) if args.baseline else None  # before the run, not after
     reports = []
-    for kernels in args.kernels:
+    for kernels, graphs in settings:
         overrides = [
             f"train.stop_after={args.steps}",
             f"train.profile_stages={str(not args.no_stages).lower()}",
             "train.val_every=0",
             "train.progress=false",
             f"render.kernels={kernels}",
+            f"train.cuda_graphs={str(graphs == 'on').lower()}",
             *args.set,
         ]
         config = build_config(args.preset, overrides=overrides)
         report = run_once(args, config, baseline)
         if report is not None:
-            reports.append((kernels, report))
-    for kernels, report in reports[:-1]:
-        last_kernels, last = reports[-1]
+            reports.append((f"kernels={kernels} graphs={graphs}", report))
+    for label, report in reports[:-1]:
+        last_label, last = reports[-1]
         speedup = (
             last["per_process"][0]["median_step_seconds"] / report["per_process"][0]["median_step_seconds"]
         )
-        print(f"median step speed-up of kernels={kernels} over kernels={last_kernels}: {speedup:.2f}x")
+        print(f"median step speed-up of {label} over {last_label}: {speedup:.2f}x")
 
 
 def run_once(args: argparse.Namespace, config: Any, baseline: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -110,6 +116,7 @@ def run_once(args: argparse.Namespace, config: Any, baseline: dict[str, Any] | N
                 return None
             report = summarize(args.preset, result, timings)
             report["kernels"] = config.render.kernels
+            report["cuda_graphs"] = config.train.cuda_graphs
             if baseline is not None:
                 report["scaling_efficiency"] = report["images_per_second"] / (
                     report["processes"] * baseline["images_per_second"]
@@ -161,7 +168,8 @@ def print_report(report: dict[str, Any]) -> None:
     timing = report["per_process"][0]
     print(
         f"{report['preset']} preset, {report['steps']} steps on {report['processes']} x {report['device']} "
-        f"(torch {report['torch']}, render.kernels={report['kernels']})"
+        f"(torch {report['torch']}, render.kernels={report['kernels']}, "
+        f"train.cuda_graphs={str(report['cuda_graphs']).lower()})"
     )
     print(
         f"median step {timing['median_step_seconds'] * 1e3:.1f} ms, "

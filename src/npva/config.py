@@ -312,6 +312,9 @@ class TrainConfig:
     # One process: draw the next step's pixels and start copying its sample to the device while the
     # device runs this step's backward pass. The same results either way; false: one step at a time.
     overlap_steps: bool = resumable(True)
+    # On CUDA with one process: the encoder's and decoders' forward and backward passes are captured
+    # once as CUDA graphs and replayed (npva.model.fast.graphs); false: run op by op.
+    cuda_graphs: bool = resumable(True)
 
 
 @dataclass

@@ -49,6 +49,7 @@ from npva.errors import MissingFileError, NonFiniteError, NpvaError
 from npva.fileio import atomic_open, remove_temporaries
 from npva.io.splits import subject_split
 from npva.model.avatar import PRECISIONS, Avatar, frame_inputs
+from npva.model.fast.graphs import capture_network_graphs
 from npva.model.losses import LossTerms, colour_error
 from npva.quality.perceptual import make_perceptual_loss
 from npva.quality.psnr import psnr
@@ -338,6 +339,9 @@ class Trainer:
         else:
             ckpt.seed_global_generators(derived_seed(tc.seed, ctx.rank))
         self.saved_step = self.resumed_from
+        if tc.cuda_graphs and self.device.type == "cuda" and not ctx.enabled:
+            self.avatar.train()
+            capture_network_graphs(self.avatar.network, self.avatar.autocast_dtype)
         self.model = wrap_model(self.avatar, ctx, tc.sync_batchnorm)
         self.writer = open_tensorboard(run_dir / TENSORBOARD) if ctx.is_main else None
         self._interval = torch.zeros(2, len(LOG_KEYS), dtype=torch.float64)  # sums, counts
