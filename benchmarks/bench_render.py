@@ -1,12 +1,13 @@
 """Rendering time per frame: the evaluation render of a trained avatar, stage by stage.
 
     python benchmarks/bench_render.py CHECKPOINT [--frames 20] [--full] [--kernels auto torch]
-        [--precision bf16 fp32] [--set render.KEY=VALUE ...] [--profile]
+        [--precision bf16 fp32] [--graphs on off] [--set render.KEY=VALUE ...] [--profile]
 
 Renders (frame, camera) samples of the checkpoint's subject as `npva render` does (the covered pixels of
 the coarse mesh, or every pixel with --full), in evaluation mode without gradient, once per combination
-of render.kernels and network precision given (default: the Triton kernels, then the plain PyTorch
-reference; the precision the run was trained with). For each it prints the median milliseconds per
+of render.kernels, network precision and CUDA graphs given (default: the Triton kernels, then the plain
+PyTorch reference; the precision the run was trained with; the networks replayed from CUDA graphs, as
+`npva render` does, or "off": op by op). For each it prints the median milliseconds per
 frame (warm, the sample already on the device), the mean seconds per stage (a second pass with stage
 boundaries synchronized), the peak GPU memory allocated, the PSNR against the photos inside the coverage
 mask, and the speed-up and PSNR change of each combination against the last one. Each --set is one
@@ -51,13 +52,20 @@ def main() -> None:
         help="also render with these render settings changed, separated by spaces (repeatable; e.g. "
         "'render.chunk_rays=400000 render.query.cell_fraction=1.0')",
     )
+    parser.add_argument(
+        "--graphs", nargs="+", default=["on"], choices=("on", "off"), help="networks from CUDA graphs or not"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--profile", action="store_true", help="print the top GPU and host operations of each setting"
     )
     args = parser.parse_args()
 
-    ctx = open_checkpoint(args.checkpoint, subject=args.subject, device=args.device)
+    contexts = {
+        graphs: open_checkpoint(args.checkpoint, args.subject, device=args.device, cuda_graphs=graphs == "on")
+        for graphs in args.graphs
+    }
+    ctx = contexts[args.graphs[0]]
     dataset = evaluation_dataset(ctx, "all")
     step = max(1, len(dataset) // args.frames)
     samples = [dataset[i].to(ctx.device) for i in range(0, len(dataset), step)][: args.frames]
@@ -67,16 +75,18 @@ def main() -> None:
     print(f"{len(samples)} frames of {width}x{height}, {'every pixel' if args.full else 'covered pixels'}")
     print(f"device {name}, torch {torch.__version__}, checkpoint step {ctx.step}")
     precisions = args.precision or [ctx.config.train.precision]
-    combinations = [(k, p, None) for p in precisions for k in args.kernels]
-    combinations += [(args.kernels[0], precisions[0], setting) for setting in args.settings]
+    combinations = [(k, p, g, None) for g in args.graphs for p in precisions for k in args.kernels]
+    combinations += [(args.kernels[0], precisions[0], args.graphs[0], setting) for setting in args.settings]
     results = []
-    for kernels, precision, setting in combinations:
-        ctx.avatar.autocast_dtype = PRECISIONS[precision] if device.type == "cuda" else None
+    for kernels, precision, graphs, setting in combinations:
+        avatar = contexts[graphs].avatar
+        avatar.autocast_dtype = PRECISIONS[precision] if device.type == "cuda" else None
         config = apply_overrides(ctx.config, setting.split() if setting else [])
-        ctx.avatar.render_config = dataclasses.replace(config.render, kernels=kernels)
-        label = f"render.kernels={kernels}, networks in {precision}" + (f", {setting}" if setting else "")
+        avatar.render_config = dataclasses.replace(config.render, kernels=kernels)
+        label = f"render.kernels={kernels}, networks in {precision}, graphs {graphs}"
+        label += f", {setting}" if setting else ""
         with profiled(args.profile) as profiler:
-            results.append((label, measure(ctx.avatar, samples, args.full, device)))
+            results.append((label, measure(avatar, samples, args.full, device)))
         report(*results[-1])
         if profiler is not None:
             averages = profiler.key_averages()

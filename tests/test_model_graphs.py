@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from npva.config import apply_overrides
-from npva.model.fast.graphs import capture_network_graphs
+from npva.eval.loading import evaluation_dataset, open_checkpoint
+from npva.eval.render import render_view
+from npva.model.fast.graphs import capture_inference_graphs, capture_network_graphs
 from npva.model.networks import AvatarNetwork, kl_divergence
 from npva.train.engine import train
 from npva.train.presets import preset_config
@@ -19,10 +21,12 @@ from npva.train.presets import preset_config
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def test_capture_needs_a_cuda_network_in_training_mode():
+def test_captures_need_a_cuda_network():
     network = AvatarNetwork(preset_config("tiny").model)
     with pytest.raises(ValueError, match="CUDA device"):
         capture_network_graphs(network)
+    with pytest.raises(ValueError, match="CUDA device"):
+        capture_inference_graphs(network)
 
 
 def _training_pass(network: AvatarNetwork, seed: int, precision: torch.dtype | None):
@@ -104,3 +108,49 @@ def test_training_with_graphs_follows_training_op_by_op(tiny_subject, gendir, tm
         losses[graphs] = torch.tensor([r["loss"] for r in result.log])
     assert len(losses[True]) >= 4
     torch.testing.assert_close(losses[True], losses[False], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_inference_graphs_render_as_the_modules_run_op_by_op():
+    torch.manual_seed(0)
+    reference = AvatarNetwork(preset_config("tiny").model).cuda().eval()
+    reference.fold_batchnorm()
+    graphed = copy.deepcopy(reference)
+    capture_inference_graphs(graphed)
+    cfg = reference.cfg
+    last = None
+    for precision in (None, torch.bfloat16, None):  # a graph per precision, each replayed again
+        for seed in range(3):
+            g = torch.Generator("cuda").manual_seed(seed)
+            texture = torch.rand(1, 3, cfg.texture_size, cfg.texture_size, device="cuda", generator=g)
+            posmap = torch.randn(1, 3, cfg.posmap_size, cfg.posmap_size, device="cuda", generator=g)
+            autocast = torch.autocast("cuda", dtype=precision or torch.float32, enabled=precision is not None)
+            with torch.no_grad(), autocast:
+                expected, result = reference(texture, posmap), graphed(texture, posmap)
+            for a, b in zip((*expected.maps, expected.mu), (*result.maps, result.mu), strict=True):
+                assert a.dtype == b.dtype
+                torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+            if last is not None:  # outputs are copies: the next replay leaves them alone
+                torch.testing.assert_close(last[1], last[0])
+            last = (result.maps.features.clone(), result.maps.features)
+    assert len(graphed.encoder.forward.graphs) == 2  # float32 and bfloat16
+
+    with torch.enable_grad():  # with gradients the modules run op by op, and gradients flow
+        texture.requires_grad_(True)
+        graphed(texture, posmap).maps.features.sum().backward()
+    assert texture.grad is not None and texture.grad.abs().sum() > 0
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_renders_from_inference_graphs_equal_renders_op_by_op(tiny_checkpoint, tiny_subject, gendir):
+    contexts = [
+        open_checkpoint(tiny_checkpoint, tiny_subject, gendir, device="cuda", cuda_graphs=graphs)
+        for graphs in (False, True)
+    ]
+    dataset = evaluation_dataset(contexts[0], "test")
+    for index in (0, len(dataset) - 1, 0):
+        sample = dataset[index].to("cuda")
+        reference, graphed = (render_view(c.avatar, sample.drive, sample.camera) for c in contexts)
+        torch.testing.assert_close(graphed.image, reference.image, atol=1e-5, rtol=1e-5)

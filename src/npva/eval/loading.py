@@ -21,6 +21,7 @@ from npva.errors import MissingFileError, NpvaError
 from npva.io.splits import SIDES, split_cameras
 from npva.io.subject import SubjectLayout
 from npva.model.avatar import Avatar
+from npva.model.fast.graphs import capture_inference_graphs
 from npva.train.checkpoint import latest_checkpoint, load_avatar, load_checkpoint
 
 
@@ -72,10 +73,12 @@ def open_checkpoint(
     subject: Path | None = None,
     gendir: Path | None = None,
     device: str | torch.device = "cpu",
+    cuda_graphs: bool = True,
 ) -> EvalContext:
     """Load the avatar of a checkpoint file or run directory for inference (evaluation mode, BatchNorm
-    folded into its convolutions); subject and gendir default to the ones the checkpoint was trained on
-    (gendir: SUBJECT/gendir when only the subject is given)."""
+    folded into its convolutions, on CUDA its networks replayed from CUDA graphs unless `cuda_graphs` is
+    off); subject and gendir default to the ones the checkpoint was trained on (gendir: SUBJECT/gendir
+    when only the subject is given)."""
     path = resolve_checkpoint(path)
     state = load_checkpoint(path)
     if subject is None:
@@ -91,6 +94,8 @@ def open_checkpoint(
     device = torch.device(device)
     avatar, config = load_avatar(path, device)
     avatar.network.fold_batchnorm()  # evaluation only: one launch less per BatchNorm layer
+    if cuda_graphs and device.type == "cuda":
+        capture_inference_graphs(avatar.network)
     return EvalContext(avatar, config, path, int(state["step"]), PreparedSubject(subject, gendir), device)
 
 

@@ -1,19 +1,23 @@
-"""The avatar's encoder and map decoders replayed as CUDA graphs while training.
+"""The avatar's encoder and map decoders replayed as CUDA graphs.
 
-Their shapes are fixed by ModelConfig (a batch of one frame a step), so the hundreds of kernels of their
-forward and backward passes can be captured once and replayed with one launch each way; on the GPU the
-training step is bound by the host's launches, not by the device's work. The reference is the same
-modules run op by op (what the CPU, evaluation and multi-process training always use).
+Their shapes are fixed by ModelConfig (one frame at a time), so the hundreds of kernels of their passes
+can be captured once and replayed with one launch each; on the GPU a training step and a rendered frame
+are bound by the host's launches, not by the device's work. The reference is the same modules run op by
+op (what the CPU and multi-process training always use).
 
-`capture_network_graphs` patches the encoder's and the decoders' `forward` in place, so AvatarNetwork
-calls them as before. A graphed module replays only in training mode (the mode it was captured in); in
-evaluation mode it runs op by op. Its outputs live in the graph's static memory and are overwritten by
-the next step's forward pass: a step must finish its backward pass before the next forward starts.
+Both captures patch the modules' `forward` in place, so AvatarNetwork calls them as before:
+- `capture_network_graphs` (training): the forward and backward passes, replayed in training mode; in
+  evaluation mode the modules run op by op. The outputs live in the graph's static memory and are
+  overwritten by the next forward pass: a step must finish its backward pass before the next starts.
+- `capture_inference_graphs` (rendering): the forward pass in evaluation mode without gradients, one
+  graph per input shape and autocast precision, captured on first use; the outputs are copies.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +25,15 @@ from torch import nn
 from npva.model.networks import IMAGE_CHANNELS, AvatarNetwork
 
 WARMUP_PASSES = 3  # forward and backward passes run before a capture (cuDNN and allocator warm-up)
+
+
+def uncached_autocast(dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to `dtype` on CUDA without autocast's cache of cast weights, or nothing for None. A graph
+    must cast the weights itself: a cached copy is made once, outside the graph, and freed when the
+    autocast region that made it ends."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtype, cache_enabled=False)
 
 
 def graphed_modules(network: AvatarNetwork) -> tuple[nn.Module, ...]:
@@ -52,12 +65,7 @@ def capture_network_graphs(network: AvatarNetwork, autocast_dtype: torch.dtype |
     latent_shape = (1, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
     latents = [torch.randn(latent_shape, device=device, requires_grad=True) for _ in decoders]
     buffers = {name: buffer.clone() for name, buffer in network.named_buffers()}
-    precision = (
-        torch.autocast("cuda", dtype=autocast_dtype, cache_enabled=False)
-        if autocast_dtype is not None
-        else contextlib.nullcontext()
-    )
-    with precision:
+    with uncached_autocast(autocast_dtype):
         torch.cuda.make_graphed_callables(
             graphed_modules(network),
             ((texture, posmap), *((z,) for z in latents)),
@@ -66,3 +74,55 @@ def capture_network_graphs(network: AvatarNetwork, autocast_dtype: torch.dtype |
     with torch.no_grad():
         for name, buffer in network.named_buffers():
             buffer.copy_(buffers[name])
+
+
+def capture_inference_graphs(network: AvatarNetwork) -> None:
+    """Make `network`'s encoder and decoders (on a CUDA device) replay CUDA graphs of their forward
+    passes when they run in evaluation mode without gradients; otherwise they run op by op. Capture
+    after any change of the modules (AvatarNetwork.fold_batchnorm replaces layers)."""
+    device = next(network.parameters()).device
+    if device.type != "cuda":
+        raise ValueError(f"CUDA graphs need the network on a CUDA device, it is on {device}")
+    for module in graphed_modules(network):
+        module.forward = InferenceGraphs(module)
+
+
+class InferenceGraphs:
+    """A module's forward pass in evaluation mode without gradients, replayed from CUDA graphs: one per
+    signature (the inputs' shapes and dtypes and the autocast precision), captured on its first call.
+    Any other call (training mode, gradients on, inputs not on the GPU) runs the module op by op."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.eager: Callable[..., Any] = module.forward
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...], Any]] = {}
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        if self.module.training or torch.is_grad_enabled() or not all(x.is_cuda for x in inputs):
+            return self.eager(*inputs)
+        autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        signature = (autocast, *((x.shape, x.dtype, x.device) for x in inputs))
+        if signature not in self.graphs:
+            self.graphs[signature] = self._capture(inputs, autocast)
+        graph, static_inputs, static_outputs = self.graphs[signature]
+        for static, x in zip(static_inputs, inputs, strict=True):
+            static.copy_(x)
+        graph.replay()
+        if isinstance(static_outputs, torch.Tensor):
+            return static_outputs.clone()
+        return tuple(output.clone() for output in static_outputs)
+
+    def _capture(self, inputs: tuple[torch.Tensor, ...], autocast: torch.dtype | None):
+        """A graph of the forward pass on copies of `inputs`, after warm-up passes on a side stream."""
+        static_inputs = tuple(x.clone() for x in inputs)
+        side = torch.cuda.Stream(inputs[0].device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), uncached_autocast(autocast):
+            for _ in range(WARMUP_PASSES):
+                self.eager(*static_inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: a viewer's other threads may use CUDA while its render thread captures
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"), uncached_autocast(autocast):
+            static_outputs = self.eager(*static_inputs)
+        return graph, static_inputs, static_outputs
