@@ -182,9 +182,20 @@ def test_checkpoint_whose_settings_do_not_fit_is_named(tiny_checkpoint, tmp_path
     assert caught.value.path == crafted
 
 
-def test_divergence_is_the_non_finite_error(tiny_subject, gendir, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",  # checked before the optimizer's step
+        pytest.param(  # the fused optimizer skips the step on the device; checked when the step is read
+            "cuda",
+            marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")],
+        ),
+    ],
+)
+def test_divergence_is_the_non_finite_error(tiny_subject, gendir, tmp_path, capsys, device):
     args = _tiny_run_arguments(tiny_subject, gendir, tmp_path / "run")
-    assert main([*args, "--set", "train.lr=1e3", "--set", "train.stop_after=4"]) == 3
+    settings = ["train.lr=1e3", "train.stop_after=4", f"train.device={device}"]
+    assert main([*args, *(f"--set={setting}" for setting in settings)]) == 3
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "non-finite" in err and "lower train.lr" in err
 

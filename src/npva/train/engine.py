@@ -518,8 +518,12 @@ class Trainer:
             "grad_norm": grad_norm.detach(),
             "samples_per_ray": out.rays.num_samples.float().mean(),
         }
-        values = torch.stack([v.float().reshape(()) for v in named.values()]).tolist()
-        return {**dict(zip(named, values, strict=True)), "rays": float(pixels.shape[0])}
+        read = torch.stack([v.float().reshape(()) for v in named.values()]).tolist()
+        values = dict(zip(named, read, strict=True))
+        if not math.isfinite(values["grad_norm"]):
+            self.step -= 1  # the parameters were not updated
+            raise self._diverged(f"non-finite gradients (loss {values['loss']:.4g})")
+        return {**values, "rays": float(pixels.shape[0])}
 
     def _of_training_size(self, sample: TrainSample) -> bool:
         return (sample.camera.height, sample.camera.width) == (self.height, self.width)
@@ -559,10 +563,14 @@ class Trainer:
 
     def _update_parameters(self, total: torch.Tensor) -> torch.Tensor:
         """After the backward pass: optional clipping, optimizer and scheduler steps; the gradient
-        norm."""
+        norm. Non-finite gradients (the same on every process: they are averaged) leave the parameters
+        as they were: the fused optimizer (CUDA) skips its update on the device without a wait, and
+        train_step raises once it reads the step's values; elsewhere this raises at once."""
         max_norm = self.config.train.grad_clip or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.avatar.parameters(), max_norm)
-        if not torch.isfinite(grad_norm):  # the same on every process: gradients are averaged
+        if self.optimizer.defaults["fused"]:
+            self.optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
+        elif not torch.isfinite(grad_norm):
             raise self._diverged(f"non-finite gradients (loss {float(total):.4g})")
         self.optimizer.step()
         self.scheduler.step()
