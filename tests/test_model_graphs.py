@@ -98,7 +98,7 @@ def test_training_with_graphs_follows_training_op_by_op(tiny_subject, gendir, tm
             preset_config("tiny"),
             [
                 "train.device=cuda",
-                "train.epochs=2",
+                "train.epochs=6",
                 "train.log_every=1",
                 "render.kernels=torch",
                 f"train.cuda_graphs={str(graphs).lower()}",

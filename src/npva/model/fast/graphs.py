@@ -74,6 +74,10 @@ def capture_network_graphs(network: AvatarNetwork, autocast_dtype: torch.dtype |
     with torch.no_grad():
         for name, buffer in network.named_buffers():
             buffer.copy_(buffers[name])
+    # The parameters' gradient accumulators were made on the capture's stream and stay alive with the
+    # graphs, so every backward pass hands their gradients across streams; autograd orders the two
+    # streams itself, and would warn about it at every step.
+    torch.autograd.graph.set_warn_on_accumulate_grad_stream_mismatch(False)
 
 
 def capture_inference_graphs(network: AvatarNetwork) -> None:
