@@ -1,13 +1,16 @@
-"""GPU fast paths written in Triton, each beside the plain PyTorch reference that the CPU keeps using.
+"""GPU fast paths, each beside the plain PyTorch reference that the CPU keeps using.
 
 - `query.TritonNeighbourIndex`: the exact K-nearest-within-radius query of `npva.model.query`, one kernel
   per call (reference: `NeighbourIndex`, which it equals bit for bit, ties included).
 - `blend.blend_neighbours_triton`: gather of the K neighbours, inverse-distance weights and their
   weighted means in one kernel, with a backward pass that scatters only valid pairs (reference:
   `npva.model.blend.blend_neighbours_torch`).
+- `graphs`: the encoder and map decoders replayed from CUDA graphs, in training (forward and backward)
+  and in evaluation (reference: the same modules run op by op).
 
 Triton is imported only here and only when a fast path is asked for: the CPU install never needs it.
-`kernels_enabled` is the one rule for when the fast paths run.
+`kernels_enabled` is the one rule for when the Triton kernels run; `train.cuda_graphs` and the evaluation
+commands (`npva.eval.loading.open_checkpoint`) decide the graphs.
 """
 
 from __future__ import annotations

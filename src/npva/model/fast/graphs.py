@@ -65,6 +65,10 @@ def capture_network_graphs(network: AvatarNetwork, autocast_dtype: torch.dtype |
     latent_shape = (1, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
     latents = [torch.randn(latent_shape, device=device, requires_grad=True) for _ in decoders]
     buffers = {name: buffer.clone() for name, buffer in network.named_buffers()}
+    # The parameters' gradient accumulators are made on the warm-up's and capture's side streams and
+    # stay alive with the graphs, so backward passes hand their gradients across streams; autograd
+    # orders the streams itself, and would warn about it.
+    torch.autograd.graph.set_warn_on_accumulate_grad_stream_mismatch(False)
     with uncached_autocast(autocast_dtype):
         torch.cuda.make_graphed_callables(
             graphed_modules(network),
@@ -74,10 +78,6 @@ def capture_network_graphs(network: AvatarNetwork, autocast_dtype: torch.dtype |
     with torch.no_grad():
         for name, buffer in network.named_buffers():
             buffer.copy_(buffers[name])
-    # The parameters' gradient accumulators were made on the capture's stream and stay alive with the
-    # graphs, so every backward pass hands their gradients across streams; autograd orders the two
-    # streams itself, and would warn about it at every step.
-    torch.autograd.graph.set_warn_on_accumulate_grad_stream_mismatch(False)
 
 
 def capture_inference_graphs(network: AvatarNetwork) -> None:
