@@ -1,9 +1,11 @@
 """Fidelity of a training preset on several synthetic subjects against the textured-mesh floor.
 
     python benchmarks/bench_fidelity.py --preset demo --subjects 4 --out bench_fidelity_out
-        [--variant capture] [--set KEY=VALUE ...] [--json results.json] [--workers N]
+        [--variant capture] [--cameras preset|dome] [--set KEY=VALUE ...] [--json results.json]
+        [--workers N]
 
-For each subject (seeds 0 .. N-1 of `npva synth --variant VARIANT` at the preset's size): synth,
+For each subject (seeds 0 .. N-1 of `npva synth --variant VARIANT --cameras LAYOUT` at the preset's
+size): synth,
 preprocess, then per protocol a training run of the same-named training preset and `npva metrics`
 with the baseline (the tracked mesh textured with its frame's average texture, the floor), on the
 subject's test frames (held-out sequences: novel expressions and a novel sentence):
@@ -59,7 +61,7 @@ class SubjectScores:
         )
 
 
-def prepare_subject(out: Path, preset: str, seed: int, variant: str, workers: int) -> Path:
+def prepare_subject(out: Path, preset: str, seed: int, variant: str, cameras: str, workers: int) -> Path:
     """Write and preprocess subject `seed` under out/subject_<seed> (kept when done before)."""
     from npva.config import PreprocessConfig
     from npva.preprocess import preprocess_subject
@@ -68,7 +70,10 @@ def prepare_subject(out: Path, preset: str, seed: int, variant: str, workers: in
 
     subject, written = out / f"subject_{seed}", out / f"subject_{seed}.written"
     if not written.is_file():
-        print(write_subject(subject, preset=preset, seed=seed, variant=variant, workers=workers), flush=True)
+        summary = write_subject(
+            subject, preset=preset, seed=seed, variant=variant, cameras=cameras, workers=workers
+        )
+        print(summary, flush=True)
         written.touch()
     config = PreprocessConfig(uv_size=preset_config(preset).model.posmap_size)
     summary = preprocess_subject(subject, config, workers=workers, progress=False)
@@ -95,12 +100,12 @@ def train_and_score(subject: Path, run_dir: Path, preset: str, protocol: str, ov
     return report.to_json()["summary"]
 
 
-def run_subject(
-    out: Path, preset: str, seed: int, variant: str, overrides: list[str], workers: int
-) -> SubjectScores:
+def run_subject(out: Path, args: argparse.Namespace, seed: int) -> SubjectScores:
+    """Write, preprocess, train and score subject `seed` of the command line's settings."""
+    preset, overrides = args.preset, args.set
     scores = SubjectScores(seed)
     start = time.perf_counter()
-    subject = prepare_subject(out, preset, seed, variant, workers)
+    subject = prepare_subject(out, preset, seed, args.variant, args.cameras, args.workers)
     scores.seconds["data"] = time.perf_counter() - start
     for protocol in PROTOCOLS:
         start = time.perf_counter()
@@ -144,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--subjects", type=int, default=3, help="seeds 0 .. N-1")
     parser.add_argument("--variant", default="capture", help="npva synth variant of the subjects")
+    parser.add_argument(
+        "--cameras", default="preset", choices=("preset", "dome"), help="npva synth camera layout"
+    )
     parser.add_argument("--out", required=True, help="working directory (subjects, runs); a re-run continues")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training setting")
     parser.add_argument("--json", help="also write the scores here")
@@ -154,18 +162,22 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     subjects = []
     for seed in range(args.subjects):
-        subjects.append(run_subject(out, args.preset, seed, args.variant, args.set, args.workers))
+        subjects.append(run_subject(out, args, seed))
         print(
             f"subject {seed}: " + ", ".join(f"{k} {v:.0f} s" for k, v in subjects[-1].seconds.items()),
             flush=True,
         )
     settings = " ".join(args.set) or "the preset's"
-    print(f"preset {args.preset}, variant {args.variant}, {len(subjects)} subjects, settings: {settings}")
+    print(
+        f"preset {args.preset}, variant {args.variant}, cameras {args.cameras}, {len(subjects)} subjects, "
+        f"settings: {settings}"
+    )
     print(table(subjects))
     if args.json:
         record = {
             "preset": args.preset,
             "variant": args.variant,
+            "cameras": args.cameras,
             "settings": args.set,
             "subjects": [{"seed": s.seed, "seconds": s.seconds, "summary": s.summary} for s in subjects],
         }

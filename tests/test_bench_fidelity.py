@@ -51,7 +51,7 @@ def test_runs_end_to_end_on_the_tiny_preset(tmp_path, capsys):
     args = ["--preset", "tiny", "--subjects", "1", "--out", str(out), "--json", str(record), "--workers", "1"]
     assert bench.main([*args, "--set", "train.epochs=1", "--set", "train.val_every=0"]) == 0
     printed = capsys.readouterr().out
-    assert "preset tiny, variant capture, 1 subjects" in printed
+    assert "preset tiny, variant capture, cameras preset, 1 subjects" in printed
     assert sum(line.startswith(("authors", "held-out")) for line in printed.splitlines()) == 6
     scores = json.loads(record.read_text())["subjects"][0]["summary"]
     for protocol in bench.PROTOCOLS:

@@ -20,7 +20,7 @@ from npva.synth.capture import SyntheticCapture, unwrap_cameras
 from npva.synth.frames import FrameTask, FrameWriter, torch_threads
 from npva.synth.parts import CLOTH, HAIR, SKIN
 from npva.synth.render import render_view
-from npva.synth.scene import FrameKey, capture_frames, dome_camera, get_preset
+from npva.synth.scene import CAMERA_NAMES, FrameKey, capture_frames, dome_camera, get_preset
 from npva.synth.sheet import TEXTURE
 from npva.synth.variant import get_variant
 
@@ -195,6 +195,23 @@ def test_same_seed_same_subject_and_seeds_vary(capture, tmp_path):
     assert max(widths) - min(widths) > 0.02
     assert len(set(cloth)) == 3 and len({tuple(d) for d in lights}) == 3
     assert max(lifts) - min(lifts) > 1.0 and max(errors) - min(errors) > 0.1
+
+
+def test_the_dome_layout_adds_cameras_and_keeps_each_cameras_photos(tmp_path):
+    """`npva synth --cameras dome`: every camera of the dome, and a camera of the preset photographs
+    the subject byte for byte as it does in the preset's layout."""
+    assert get_preset("tiny", "dome").cameras == CAMERA_NAMES and len(CAMERA_NAMES) == 38
+    assert set(get_preset("tiny").cameras) < set(CAMERA_NAMES)
+    for layout in ("preset", "dome"):
+        FrameWriter("tiny", 2, tmp_path / layout, set(), "capture", layout).write(
+            FrameTask(JAW_OPEN, (TEXTURE, "400029"))
+        )
+    files = sorted(p.relative_to(tmp_path / "preset") for p in (tmp_path / "preset").rglob("*.*"))
+    assert len(files) == 6
+    for name in files:
+        assert (tmp_path / "preset" / name).read_bytes() == (tmp_path / "dome" / name).read_bytes(), name
+    with pytest.raises(NpvaError, match="camera layout"):
+        get_preset("tiny", "ring")
 
 
 @pytest.mark.slow

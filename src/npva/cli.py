@@ -21,7 +21,9 @@ EXIT_INTERRUPTED = 130
 def _cmd_synth(args: argparse.Namespace) -> int:
     from npva.synth import write_subject
 
-    summary = write_subject(Path(args.out), preset=args.preset, seed=args.seed, variant=args.variant)
+    summary = write_subject(
+        Path(args.out), preset=args.preset, seed=args.seed, variant=args.variant, cameras=args.cameras
+    )
     print(summary)
     return 0
 
@@ -279,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("clean", "capture"),
         help="capture: varied head, hair volume, clothing, tracking error and lag, unwrapped textures, "
         "lights with highlights, camera gains, sensor noise (default clean)",
+    )
+    synth.add_argument(
+        "--cameras",
+        default="preset",
+        choices=("preset", "dome"),
+        help="preset: the preset's cameras (default); dome: all 38 cameras of the dome, 15-20 degrees "
+        "apart, as many as a Multiface capture has, at the preset's image size",
     )
     synth.set_defaults(run=_cmd_synth)
 

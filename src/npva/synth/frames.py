@@ -56,8 +56,16 @@ class FrameWriter:
     """Writes the files of frame tasks: images (photos) and depth maps per camera; tracked mesh (obj,
     bin), head pose and average texture for TEXTURE."""
 
-    def __init__(self, preset: str, seed: int, root: Path, wanted: set[Tile], variant: str = "clean"):
-        self.capture = SyntheticCapture(get_preset(preset), seed, variant)
+    def __init__(
+        self,
+        preset: str,
+        seed: int,
+        root: Path,
+        wanted: set[Tile],
+        variant: str = "clean",
+        cameras: str = "preset",
+    ):
+        self.capture = SyntheticCapture(get_preset(preset, cameras), seed, variant)
         self.layout = SubjectLayout(root)
         self.wanted = wanted
 
@@ -108,37 +116,37 @@ def write_frames(
     wanted: set[Tile],
     workers: int,
     variant: str = "clean",
+    cameras: str = "preset",
 ) -> dict[Tile, np.ndarray]:
-    """Write all frames of the subject (seed, variant) with `workers` processes (1: in this process);
-    return the wanted images."""
-    tasks = plan_tasks(frames, get_preset(preset).cameras, workers)
+    """Write all frames of the subject (seed, variant) seen by the camera layout `cameras` with
+    `workers` processes (1: in this process); return the wanted images."""
+    tasks = plan_tasks(frames, get_preset(preset, cameras).cameras, workers)
     total = sum(len(task.views) for task in tasks)
     tiles: dict[Tile, np.ndarray] = {}
     with tqdm(desc=f"npva synth {preset}", unit="image", total=total, disable=None) as progress:
         for task, task_tiles in zip(
-            tasks, _run(tasks, preset, seed, root, wanted, workers, variant), strict=True
+            tasks, _run(tasks, (preset, seed, root, wanted, variant, cameras), workers), strict=True
         ):
             tiles.update(task_tiles)
             progress.update(len(task.views))
     return tiles
 
 
-def _run(
-    tasks: list[FrameTask], preset: str, seed: int, root: Path, wanted: set[Tile], workers: int, variant: str
-) -> Iterator[dict[Tile, np.ndarray]]:
+def _run(tasks: list[FrameTask], writer_args: tuple, workers: int) -> Iterator[dict[Tile, np.ndarray]]:
     """The tiles of each task, in order, written in this process (workers <= 1) or by a pool of at
-    most `workers` processes."""
+    most `workers` processes, by FrameWriters of `writer_args`."""
     if workers <= 1:
         with torch_threads(1):
-            writer = FrameWriter(preset, seed, root, wanted, variant)
+            writer = FrameWriter(*writer_args)
             for task in tasks:
                 yield writer.write(task)
         return
     # Fresh interpreters (spawn): forking a process whose torch thread pool is running can hang.
     context = multiprocessing.get_context("spawn")
-    init = (preset, seed, root, wanted, variant)
     workers = min(workers, len(tasks))
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=init) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker, initargs=writer_args
+    ) as pool:
         yield from pool.map(_write_in_worker, tasks)
 
 
@@ -158,10 +166,10 @@ def torch_threads(count: int) -> Iterator[None]:
 _worker: FrameWriter | None = None  # the FrameWriter of a worker process
 
 
-def _start_worker(preset: str, seed: int, root: Path, wanted: set[Tile], variant: str) -> None:
+def _start_worker(*writer_args) -> None:
     global _worker
     torch.set_num_threads(1)
-    _worker = FrameWriter(preset, seed, root, wanted, variant)
+    _worker = FrameWriter(*writer_args)
 
 
 def _write_in_worker(task: FrameTask) -> dict[Tile, np.ndarray]:

@@ -4,7 +4,7 @@ poses, and the presets that size all of it."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -291,10 +291,19 @@ PRESETS = {
 }
 
 
-def get_preset(name: str) -> Preset:
+# Camera layouts of a capture: the preset's own cameras, or every camera of the dome (38, about as many
+# as a Multiface capture, 15-20 degrees apart around the face) at the preset's image size.
+CAMERA_LAYOUTS = ("preset", "dome")
+
+
+def get_preset(name: str, cameras: str = "preset") -> Preset:
+    """The synth preset `name`, with the camera layout `cameras` (one of CAMERA_LAYOUTS)."""
     if name not in PRESETS:
         raise NpvaError(f"unknown synth preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]
+    if cameras not in CAMERA_LAYOUTS:
+        raise NpvaError(f"unknown camera layout {cameras!r}; choose one of {', '.join(CAMERA_LAYOUTS)}")
+    preset = PRESETS[name]
+    return replace(preset, cameras=CAMERA_NAMES) if cameras == "dome" else preset
 
 
 def capture_frames(preset: Preset) -> list[FrameKey]:

@@ -54,16 +54,24 @@ class SynthSummary:
 
 
 def write_subject(
-    out: Path, preset: str = "tiny", seed: int = 0, *, variant: str = "clean", workers: int | None = None
+    out: Path,
+    preset: str = "tiny",
+    seed: int = 0,
+    *,
+    variant: str = "clean",
+    cameras: str = "preset",
+    workers: int | None = None,
 ) -> SynthSummary:
-    """Write the synthetic subject of `seed` and `variant` (variant.py) at the size of `preset` into
-    `out`.
+    """Write the synthetic subject of `seed` and `variant` (variant.py) at the size of `preset`, seen by
+    the camera layout `cameras` (scene.CAMERA_LAYOUTS: the preset's cameras, or every camera of the
+    dome), into `out`. The layout changes which cameras photograph the subject, not the subject: a
+    camera's photos, gain and noise are the same in either layout.
 
     `out` must be absent, empty, or a previous synth output (whose files are then replaced).
     workers: processes that render the frames' views; default 1 for the tiny preset, else one per
     available CPU core. The files do not depend on it."""
     start = time.perf_counter()
-    spec = get_preset(preset)
+    spec = get_preset(preset, cameras)
     get_variant(variant)
     if importlib.util.find_spec("OpenEXR") is None:
         raise NpvaError(
@@ -80,7 +88,7 @@ def write_subject(
     if workers is None:
         workers = 1 if spec.name == "tiny" else _available_cores()
     sheet = ContactSheet(spec, frames)
-    sheet.add(write_frames(preset, seed, out, frames, sheet.wanted(), workers, variant))
+    sheet.add(write_frames(preset, seed, out, frames, sheet.wanted(), workers, variant, cameras))
     entries = [(key.sequence, key.frame) for key in frames]
     write_frame_list(layout.frame_list, entries)
     write_frame_list(layout.split_list("train"), [e for e in entries if e[0] in spec.train_sequences])
