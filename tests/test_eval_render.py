@@ -247,3 +247,24 @@ def test_render_on_cuda_matches_cpu(tiny_checkpoint, tiny_subject, gendir, two_f
         assert all(record.files["points"].stat().st_size > 0 for record in records)
     for cpu, cuda in zip(views["cpu"], views["cuda"], strict=True):
         assert np.abs(cpu.astype(np.float32) - cuda.astype(np.float32)).mean() < 1.0  # 8-bit levels
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_evaluation_renders_in_the_training_precision_within_005_db(
+    tiny_checkpoint, tiny_subject, gendir
+):
+    context = open_checkpoint(tiny_checkpoint, subject=tiny_subject, gendir=gendir, device="cuda")
+    assert context.config.train.precision == "bf16" and context.avatar.autocast_dtype == torch.bfloat16
+    dataset = evaluation_dataset(context, "test")
+    psnr = {}
+    for precision in (torch.bfloat16, None):
+        context.avatar.autocast_dtype = precision
+        errors = []
+        for index in range(0, len(dataset), max(1, len(dataset) // 6)):
+            sample = dataset[index].to("cuda")
+            image = render_view(context.avatar, sample.drive, sample.camera).image
+            inside = sample.targets.mask
+            errors.append(((image - sample.targets.image.permute(1, 2, 0))[inside] ** 2).mean())
+        psnr[precision] = float(-10 * torch.log10(torch.stack(errors)).mean())
+    assert abs(psnr[torch.bfloat16] - psnr[None]) < 0.05, psnr

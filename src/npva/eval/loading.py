@@ -20,7 +20,7 @@ from npva.data.samples import AvatarDataset
 from npva.errors import MissingFileError, NpvaError
 from npva.io.splits import SIDES, split_cameras
 from npva.io.subject import SubjectLayout
-from npva.model.avatar import Avatar
+from npva.model.avatar import PRECISIONS, Avatar
 from npva.model.fast.graphs import capture_inference_graphs
 from npva.train.checkpoint import latest_checkpoint, load_avatar, load_checkpoint
 
@@ -75,10 +75,11 @@ def open_checkpoint(
     device: str | torch.device = "cpu",
     cuda_graphs: bool = True,
 ) -> EvalContext:
-    """Load the avatar of a checkpoint file or run directory for inference (evaluation mode, BatchNorm
-    folded into its convolutions, on CUDA its networks replayed from CUDA graphs unless `cuda_graphs` is
-    off); subject and gendir default to the ones the checkpoint was trained on (gendir: SUBJECT/gendir
-    when only the subject is given)."""
+    """Load the avatar of a checkpoint file or run directory for inference: evaluation mode, BatchNorm
+    folded into its convolutions; on CUDA the networks in the precision they were trained in
+    (train.precision, bfloat16 by default) and replayed from CUDA graphs unless `cuda_graphs` is off.
+    subject and gendir default to the ones the checkpoint was trained on (gendir: SUBJECT/gendir when
+    only the subject is given)."""
     path = resolve_checkpoint(path)
     state = load_checkpoint(path)
     if subject is None:
@@ -94,8 +95,10 @@ def open_checkpoint(
     device = torch.device(device)
     avatar, config = load_avatar(path, device)
     avatar.network.fold_batchnorm()  # evaluation only: one launch less per BatchNorm layer
-    if cuda_graphs and device.type == "cuda":
-        capture_inference_graphs(avatar.network)
+    if device.type == "cuda":
+        avatar.autocast_dtype = PRECISIONS[config.train.precision]
+        if cuda_graphs:
+            capture_inference_graphs(avatar.network)
     return EvalContext(avatar, config, path, int(state["step"]), PreparedSubject(subject, gendir), device)
 
 
