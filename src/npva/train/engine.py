@@ -509,8 +509,6 @@ class Trainer:
         with stage("backward"):
             grad_norm = self._update_parameters(total)
         errors = colour_error(colour.detach(), target)
-        self._update_error_maps(sample.index, pixels, errors)
-        self.step += 1
         named = {
             "loss": total.detach(),
             "psnr": psnr(((colour.detach() - target) ** 2).mean()),
@@ -520,9 +518,10 @@ class Trainer:
         }
         read = torch.stack([v.float().reshape(()) for v in named.values()]).tolist()
         values = dict(zip(named, read, strict=True))
-        if not math.isfinite(values["grad_norm"]):
-            self.step -= 1  # the parameters were not updated
+        if not math.isfinite(values["grad_norm"]):  # the parameters were not updated (_update_parameters)
             raise self._diverged(f"non-finite gradients (loss {values['loss']:.4g})")
+        self._update_error_maps(sample.index, pixels, errors)
+        self.step += 1
         return {**values, "rays": float(pixels.shape[0])}
 
     def _of_training_size(self, sample: TrainSample) -> bool:
