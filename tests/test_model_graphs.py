@@ -13,7 +13,7 @@ import torch
 from npva.config import apply_overrides
 from npva.eval.loading import evaluation_dataset, open_checkpoint
 from npva.eval.render import render_view
-from npva.model.fast.graphs import capture_inference_graphs, capture_network_graphs
+from npva.model.fast.graphs import capture_inference_graphs, capture_network_graphs, without_graphs
 from npva.model.networks import AvatarNetwork, kl_divergence
 from npva.train.engine import train
 from npva.train.presets import preset_config
@@ -87,6 +87,24 @@ def test_graphed_networks_train_as_the_modules_run_op_by_op(precision):
         posmap = torch.randn(1, 3, reference.cfg.posmap_size, reference.cfg.posmap_size, device="cuda")
         for a, b in zip(reference(texture, posmap).maps, graphed(texture, posmap).maps, strict=True):
             torch.testing.assert_close(b, a, atol=atol, rtol=1e-3)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_a_copy_without_graphs_runs_its_own_parameters_op_by_op():
+    network = AvatarNetwork(preset_config("tiny").model).cuda().train()
+    capture_network_graphs(network)
+    copied = without_graphs(copy.deepcopy(network))
+    assert "forward" in vars(network.encoder) and all("forward" not in vars(m) for m in copied.modules())
+    with torch.no_grad():
+        for parameter in copied.parameters():
+            parameter.zero_()
+    cfg = network.cfg
+    texture = torch.rand(1, 3, cfg.texture_size, cfg.texture_size, device="cuda")
+    posmap = torch.randn(1, 3, cfg.posmap_size, cfg.posmap_size, device="cuda")
+    original_mu = network.encoder(texture, posmap)[0].detach().clone()
+    copied_mu, _ = copied.encoder(texture, posmap)
+    assert torch.count_nonzero(copied_mu) == 0 and torch.count_nonzero(original_mu) > 0
 
 
 @pytest.mark.gpu

@@ -17,6 +17,7 @@ from npva.config import ExperimentConfig
 from npva.data.prepared import PreparedSubject
 from npva.eval.loading import EvalContext
 from npva.model.avatar import Avatar
+from npva.model.fast.graphs import without_graphs
 from npva.view.scene import open_subject
 from npva.view.server import Viewer, viser_module
 
@@ -54,7 +55,7 @@ class LiveView:
             self.viewer.changed(weights=True)
 
     def _open(self, step: int, avatar: Avatar) -> None:
-        own = copy.deepcopy(avatar).eval().requires_grad_(False)
+        own = without_graphs(copy.deepcopy(avatar)).eval().requires_grad_(False)
         device = next(own.parameters()).device
         prepared = PreparedSubject(self.subject, self.gendir)
         ctx = EvalContext(own, self.config, self.run_dir, step, prepared, device)

@@ -80,6 +80,15 @@ def capture_network_graphs(network: AvatarNetwork, autocast_dtype: torch.dtype |
             buffer.copy_(buffers[name])
 
 
+def without_graphs(module: nn.Module) -> nn.Module:
+    """`module` with every submodule running op by op again (its class's `forward`), in place; returns
+    it. A deep copy of a graphed module shares the original's patched `forward` (copies share functions)
+    and would replay the original's graphs on the original's parameters: copy, then call this."""
+    for submodule in module.modules():
+        vars(submodule).pop("forward", None)
+    return module
+
+
 def capture_inference_graphs(network: AvatarNetwork) -> None:
     """Make `network`'s encoder and decoders (on a CUDA device) replay CUDA graphs of their forward
     passes when they run in evaluation mode without gradients; otherwise they run op by op. Capture
