@@ -67,7 +67,7 @@ def capture_network_graphs(network: AvatarNetwork, autocast_dtype: torch.dtype |
     buffers = {name: buffer.clone() for name, buffer in network.named_buffers()}
     # The parameters' gradient accumulators are made on the warm-up's and capture's side streams and
     # stay alive with the graphs, so backward passes hand their gradients across streams; autograd
-    # orders the streams itself, and would warn about it (PyTorch 2.10 and later; earlier ones do not).
+    # orders the streams itself, and would warn about it (recent PyTorch; older versions lack the switch).
     quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
     if quiet is not None:
         quiet(False)
