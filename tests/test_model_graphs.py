@@ -81,7 +81,8 @@ def test_graphed_networks_train_as_the_modules_run_op_by_op(precision):
     for (name, a), b in zip(reference.state_dict().items(), graphed.state_dict().values(), strict=True):
         torch.testing.assert_close(b, a, atol=atol, rtol=1e-3, msg=f"{name} differs")
 
-    reference.eval(), graphed.eval()  # evaluation mode runs op by op, with the running statistics
+    reference.eval()  # evaluation mode runs op by op, with the running statistics
+    graphed.eval()
     with torch.no_grad():
         texture = torch.rand(1, 3, reference.cfg.texture_size, reference.cfg.texture_size, device="cuda")
         posmap = torch.randn(1, 3, reference.cfg.posmap_size, reference.cfg.posmap_size, device="cuda")
