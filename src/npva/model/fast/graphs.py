@@ -42,6 +42,14 @@ def graphed_modules(network: AvatarNetwork) -> tuple[nn.Module, ...]:
     return (network.encoder, network.feature_decoder, network.coarse_decoder, network.displacement_decoder)
 
 
+def cuda_device(network: AvatarNetwork) -> torch.device:
+    """The CUDA device `network` is on; ValueError on any other device."""
+    device = next(network.parameters()).device
+    if device.type != "cuda":
+        raise ValueError(f"CUDA graphs need the network on a CUDA device, it is on {device}")
+    return device
+
+
 def capture_network_graphs(network: AvatarNetwork, autocast_dtype: torch.dtype | None = None) -> None:
     """Capture the forward and backward passes of `network`'s encoder and three decoders as CUDA graphs
     and make the modules replay them from now on (in training mode).
@@ -53,17 +61,15 @@ def capture_network_graphs(network: AvatarNetwork, autocast_dtype: torch.dtype |
     no state of the network. Parameters are read in place at every replay: the optimizer may update
     them, and load_state_dict copies into them, but replacing a parameter tensor needs a new capture.
     """
-    device = next(network.parameters()).device
-    if device.type != "cuda":
-        raise ValueError(f"CUDA graphs need the network on a CUDA device, it is on {device}")
+    device = cuda_device(network)
     if not network.training:
         raise ValueError("capture the networks' graphs in training mode")
     cfg = network.cfg
+    modules = graphed_modules(network)
     texture = torch.rand(1, IMAGE_CHANNELS, cfg.texture_size, cfg.texture_size, device=device)
     posmap = torch.randn(1, IMAGE_CHANNELS, cfg.posmap_size, cfg.posmap_size, device=device)
-    decoders = graphed_modules(network)[1:]
     latent_shape = (1, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
-    latents = [torch.randn(latent_shape, device=device, requires_grad=True) for _ in decoders]
+    latents = [torch.randn(latent_shape, device=device, requires_grad=True) for _ in modules[1:]]
     buffers = {name: buffer.clone() for name, buffer in network.named_buffers()}
     # The parameters' gradient accumulators are made on the warm-up's and capture's side streams and
     # stay alive with the graphs, so backward passes hand their gradients across streams; autograd
@@ -73,7 +79,7 @@ def capture_network_graphs(network: AvatarNetwork, autocast_dtype: torch.dtype |
         quiet(False)
     with uncached_autocast(autocast_dtype):
         torch.cuda.make_graphed_callables(
-            graphed_modules(network),
+            modules,
             ((texture, posmap), *((z,) for z in latents)),
             num_warmup_iters=WARMUP_PASSES,
         )
@@ -95,9 +101,7 @@ def capture_inference_graphs(network: AvatarNetwork) -> None:
     """Make `network`'s encoder and decoders (on a CUDA device) replay CUDA graphs of their forward
     passes when they run in evaluation mode without gradients; otherwise they run op by op. Capture
     after any change of the modules (AvatarNetwork.fold_batchnorm replaces layers)."""
-    device = next(network.parameters()).device
-    if device.type != "cuda":
-        raise ValueError(f"CUDA graphs need the network on a CUDA device, it is on {device}")
+    cuda_device(network)
     for module in graphed_modules(network):
         module.forward = InferenceGraphs(module)
 
