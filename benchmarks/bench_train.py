@@ -13,9 +13,10 @@ run include it. --no-stages trains without the stage timing (and prints no split
 user's run, where the host prepares the next step while the GPU still works on this one.
 
 --kernels takes one or more settings of render.kernels ("auto": the Triton kernels on CUDA; "torch": the
-plain PyTorch reference) and --graphs one or more of train.cuda_graphs ("on": the networks replay CUDA
-graphs; "off": op by op); each combination trains its own fresh run of the same steps, and the speed-up
-of each over the last one is printed at the end.
+plain PyTorch reference), --graphs one or more of train.cuda_graphs ("on": the networks replay CUDA
+graphs; "off": op by op) and --compile one or more of render.compile ("on": the radiance decoder and the
+compositing compiled by torch.compile; "off": op by op); each combination trains its own fresh run of
+the same steps, and the speed-up of each over the last one is printed at the end.
 
 Under torchrun (one process per GPU, each training on its own image every step) it also prints every
 process's step times and peak memory, the images per second of all processes together, and whether the
@@ -60,6 +61,9 @@ def main() -> None:
         "--graphs", nargs="+", default=["on"], choices=("on", "off"), help="train.cuda_graphs settings"
     )
     parser.add_argument(
+        "--compile", nargs="+", default=["off"], choices=("on", "off"), help="render.compile settings"
+    )
+    parser.add_argument(
         "--no-stages", action="store_true", help="no stage split: the step time without its synchronization"
     )
     parser.add_argument(
@@ -68,15 +72,15 @@ def main() -> None:
     args = parser.parse_args()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.out:
         parser.error("under torchrun give --out: the processes must share one run directory")
-    settings = [(kernels, graphs) for kernels in args.kernels for graphs in args.graphs]
+    settings = [(k, g, c) for k in args.kernels for g in args.graphs for c in args.compile]
     if args.out and len(settings) > 1:
-        parser.error("--out holds one run: compare --kernels or --graphs settings without it")
+        parser.error("--out holds one run: compare --kernels, --graphs or --compile settings without it")
     if args.out and any(ckpt.checkpoint_dir(Path(args.out)).glob("*.pt")):
         parser.error(f"--out {args.out} already holds a run: the benchmark trains from scratch in a new one")
 
     baseline = read_baseline(Path(args.baseline)) if args.baseline else None  # before the run, not after
     reports = []
-    for kernels, graphs in settings:
+    for kernels, graphs, compiled in settings:
         overrides = [
             f"train.stop_after={args.steps}",
             f"train.profile_stages={str(not args.no_stages).lower()}",
@@ -84,12 +88,13 @@ def main() -> None:
             "train.progress=false",
             f"render.kernels={kernels}",
             f"train.cuda_graphs={str(graphs == 'on').lower()}",
+            f"render.compile={str(compiled == 'on').lower()}",
             *args.set,
         ]
         config = build_config(args.preset, overrides=overrides)
         report = run_once(args, config, baseline)
         if report is not None:
-            reports.append((f"kernels={kernels} graphs={graphs}", report))
+            reports.append((f"kernels={kernels} graphs={graphs} compile={compiled}", report))
     for label, report in reports[:-1]:
         last_label, last = reports[-1]
         speedup = (
@@ -117,6 +122,7 @@ def run_once(args: argparse.Namespace, config: Any, baseline: dict[str, Any] | N
             report = summarize(args.preset, result, timings)
             report["kernels"] = config.render.kernels
             report["cuda_graphs"] = config.train.cuda_graphs
+            report["compile"] = config.render.compile
             if baseline is not None:
                 report["scaling_efficiency"] = report["images_per_second"] / (
                     report["processes"] * baseline["images_per_second"]
@@ -169,7 +175,8 @@ def print_report(report: dict[str, Any]) -> None:
     print(
         f"{report['preset']} preset, {report['steps']} steps on {report['processes']} x {report['device']} "
         f"(torch {report['torch']}, render.kernels={report['kernels']}, "
-        f"train.cuda_graphs={str(report['cuda_graphs']).lower()})"
+        f"train.cuda_graphs={str(report['cuda_graphs']).lower()}, "
+        f"render.compile={str(report['compile']).lower()})"
     )
     print(
         f"median step {timing['median_step_seconds'] * 1e3:.1f} ms, "

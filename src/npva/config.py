@@ -180,6 +180,10 @@ class RenderConfig:
     # off, else plain PyTorch; "torch" always plain PyTorch (the reference); "triton" the kernels or an
     # error. Both give the same neighbours; blended values agree to float32 rounding.
     kernels: str = resumable("auto")
+    # True: the radiance decoder and the compositing run compiled by torch.compile (npva.model.fast.compiled:
+    # element-wise chains fused, forward and backward); the first steps wait for the compilation. False:
+    # op by op (the reference).
+    compile: bool = resumable(False)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -29,9 +29,9 @@ from npva.geometry.mesh import uv_grid_faces
 from npva.geometry.raster import interpolate, rasterize_camera
 from npva.geometry.texture import sample_texture, texel_flags
 from npva.model.blend import blend_neighbours, safe_rows
-from npva.model.compositing import composite
 from npva.model.decoding import inverse_distance_weights
 from npva.model.fast import kernels_enabled
+from npva.model.fast.compiled import shading_functions
 from npva.model.networks import DecodedMaps, coarse_map
 from npva.model.points import (
     NeuralPoints,
@@ -99,6 +99,7 @@ class FrameScene:
     ray_uv: (H, W, 2) the UV where each pixel's ray meets the tracked mesh, NaN where it misses (the
         lookup's UV for ModelConfig.texture "ray"), else None.
     fast: the neighbour blending runs as the Triton kernel (RenderConfig.kernels).
+    compiled: the radiance decoder and the compositing run compiled (RenderConfig.compile).
     """
 
     camera: Camera
@@ -110,6 +111,7 @@ class FrameScene:
     texture: torch.Tensor | None = None
     ray_uv: torch.Tensor | None = None
     fast: bool = False
+    compiled: bool = False
 
 
 @dataclass
@@ -221,7 +223,9 @@ def build_scene(
         sampling = cfg.sampling
         occupancy = OccupancyGrid(detached, sampling.occupancy_voxel_mm, sampling.occupancy_reach_voxels)
     lookup = None if texture is None else texture.to(device=device, dtype=dtype)
-    return FrameScene(camera, coarse, guide_depth, points, index, occupancy, lookup, ray_uv, fast)
+    return FrameScene(
+        camera, coarse, guide_depth, points, index, occupancy, lookup, ray_uv, fast, cfg.compile
+    )
 
 
 def tracked_uv_image(
@@ -359,9 +363,11 @@ def _render_chunk(
         )
         sigma = sigma.index_put((ray_of_sample, slot_of_sample), sample_sigma.float())
         rgb = rgb.index_put((ray_of_sample, slot_of_sample), sample_rgb.float())
+    _, composite_over = shading_functions(scene.compiled)
     with stage("decoding"):
-        colour, depth, opacity = composite(sigma, rgb, shading.z, shading.valid, cfg.decoder.last_delta)
-    colour = colour + (1.0 - opacity)[:, None] * background
+        colour, depth, opacity = composite_over(
+            sigma, rgb, shading.z, shading.valid, background, cfg.decoder.last_delta
+        )
     guide = scene.guide_depth[pixels[:, 1], pixels[:, 0]]
     return RayBatch(colour, depth, opacity, shading.counts, guide)
 
@@ -422,8 +428,9 @@ def _decode_blended(
     # on the batch it is in.
     camera_offset = sum(mean_offset[:, j : j + 1] * rotation[:, j] for j in range(3))
     offsets = torch.cat((mean_offset, camera_offset), 1)  # (N, 6) world; camera
+    decode, _ = shading_functions(scene.compiled)
     with precision():
-        return decoder.decode_blended(mean_feature, offsets, has_valid, ray_dirs)
+        return decode(decoder, mean_feature, offsets, has_valid, ray_dirs)
 
 
 def _decode_neighbours(
