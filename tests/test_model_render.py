@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from npva.config import DecoderConfig, ModelConfig, RenderConfig, SamplingConfig
-from npva.data.frames import FrameDrive
+from npva.data.frames import FrameDrive, TrackedMesh
 from npva.geometry.camera import look_at, pixel_rays
+from npva.geometry.mesh import uv_grid_faces
 from npva.model.avatar import Avatar
 from npva.model.decoding import make_radiance_decoder
 from npva.model.networks import AvatarNetwork, DecodedMaps
@@ -327,21 +328,24 @@ def test_texture_lookup_colours_shading_points_with_the_texture_at_their_blended
     assert maps.displacement.grad.abs().sum() > 0
 
 
-def _tracked_plane(size: int) -> torch.Tensor:
-    """(3, size, size) position map of the plane z = 5 mm, 60 mm across (x = 60 (u - 1/2), y = 60 (v -
-    1/2)), NaN outside a disc of UV texels."""
+def _tracked_plane(size: int = 24) -> TrackedMesh:
+    """A tracked mesh of the plane z = 5 mm, 60 mm across (x = 60 (u - 1/2), y = 60 (v - 1/2)): a grid
+    of size x size vertices whose triangles cover a disc of UV. Its UVs are listed in the reverse order
+    of the vertices, so that the UV faces differ from the vertex faces (as on an OBJ's seams)."""
     centre = (torch.arange(size) + 0.5) / size
     v, u = 1 - centre[:, None].expand(size, size), centre[None, :].expand(size, size)
-    plane = torch.stack(((u - 0.5) * 60, (v - 0.5) * 60, torch.full_like(u, 5.0)))
-    return torch.where((u - 0.5) ** 2 + (v - 0.5) ** 2 < 0.2, plane, float("nan"))
+    verts = torch.stack(((u - 0.5) * 60, (v - 0.5) * 60, torch.full_like(u, 5.0)), -1).reshape(-1, 3)
+    faces = uv_grid_faces((u - 0.5) ** 2 + (v - 0.5) ** 2 < 0.2)
+    uvs = torch.stack((u, v), -1).reshape(-1, 2).flip(0)
+    return TrackedMesh(verts=verts, faces=faces, uvs=uvs, face_uvs=len(verts) - 1 - faces)
 
 
 def test_tracked_uv_image_is_the_uv_where_each_ray_meets_the_tracked_mesh():
     camera = _camera(48, 64, 360.0)
-    uv = tracked_uv_image(_tracked_plane(24), *POSE, camera)
+    uv = tracked_uv_image(_tracked_plane(), *POSE, camera)
     assert uv.shape == (48, 64, 2)
     # Plainly: each pixel centre's ray meets the posed plane z = 15 mm at one point, whose (x, y) give
-    # its UV; the grid mesh spans the texel centres of the disc, so pixels well inside it are covered.
+    # its UV; the mesh spans the disc, so pixels well inside it are covered.
     origin, directions = pixel_rays(camera)
     depth = (15.0 - origin[2]) / directions[..., 2]
     hit = origin + depth[..., None] * directions  # (H, W, 3)
@@ -354,7 +358,7 @@ def test_tracked_uv_image_is_the_uv_where_each_ray_meets_the_tracked_mesh():
     # Rays that meet the mesh in open texels (here the left half of an 8 x 8 layout) keep no UV.
     left = torch.zeros(8, 8, dtype=torch.bool)
     left[:, :4] = True
-    uv = tracked_uv_image(_tracked_plane(24), *POSE, camera, open_texels=left)
+    uv = tracked_uv_image(_tracked_plane(), *POSE, camera, open_texels=left)
     for half, is_open in ((expected[..., 0] < 0.49, True), (expected[..., 0] > 0.51, False)):
         assert torch.isnan(uv[inside & half]).all() == is_open
         assert torch.isnan(uv[inside & half]).any() == is_open
@@ -403,17 +407,17 @@ def test_the_texture_mode_ray_starts_as_the_textured_tracked_mesh():
     """Untrained, the colour MLP adds nothing to the texture colour: every pixel whose ray meets the
     tracked mesh and has shading points shows the texture at that mesh's UV, over the black background
     in proportion to the ray's opacity."""
-    model = replace(MODEL, texture="ray", tracked_uv_size=24)
+    model = replace(MODEL, texture="ray")
     torch.manual_seed(0)
     mouth = torch.zeros(UV, UV, dtype=torch.bool)
     mouth[:, : UV // 4] = True  # the open texels: their rays keep the blended UV
     avatar = Avatar(model, RENDER, _template(), mouth, "black").eval()
     texture = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(5))
-    drive = replace(_drive(), full_texture=texture, tracked_posmap=_tracked_plane(24))
+    drive = replace(_drive(), full_texture=texture, tracked_mesh=_tracked_plane())
     camera = _camera(48, 64, 360.0)
     with torch.no_grad():
         out = avatar.render(drive, camera)
-    uv = tracked_uv_image(drive.tracked_posmap, *POSE, camera).reshape(-1, 2)
+    uv = tracked_uv_image(drive.tracked_mesh, *POSE, camera).reshape(-1, 2)
     in_mouth = uv[:, 0] < 0.24
     assert in_mouth.sum() > 50 and torch.isnan(out.scene.ray_uv.reshape(-1, 2)[in_mouth]).all()
     shown = (out.rays.num_samples > 0) & ~torch.isnan(uv).any(1) & (uv[:, 0] > 0.26)
@@ -421,16 +425,16 @@ def test_the_texture_mode_ray_starts_as_the_textured_tracked_mesh():
     assert out.rays.opacity[shown].mean() > 0.7  # the texture, not the black background, is what shows
     expected = out.rays.opacity[shown, None] * _bilinear(texture, uv[shown])
     torch.testing.assert_close(out.rays.colour[shown], expected, atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match="needs the frame's tracked position map"):
-        avatar.render(replace(drive, tracked_posmap=None), camera)
+    with pytest.raises(ValueError, match="needs the frame's tracked mesh"):
+        avatar.render(replace(drive, tracked_mesh=None), camera)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_tracked_uv_image_on_cuda_matches_cpu():
     camera = _camera(48, 64, 360.0)
-    cpu = tracked_uv_image(_tracked_plane(24), *POSE, camera)
-    gpu = tracked_uv_image(_tracked_plane(24).cuda(), POSE[0].cuda(), POSE[1].cuda(), camera).cpu()
+    cpu = tracked_uv_image(_tracked_plane(), *POSE, camera)
+    gpu = tracked_uv_image(_tracked_plane().to("cuda"), POSE[0].cuda(), POSE[1].cuda(), camera).cpu()
     hit = ~torch.isnan(cpu).any(-1)
     assert torch.equal(hit, ~torch.isnan(gpu).any(-1)) and hit.sum() > 500
     torch.testing.assert_close(gpu[hit], cpu[hit], atol=1e-5, rtol=0)

@@ -132,17 +132,15 @@ def test_samples_carry_the_full_texture_and_the_tracked_point_map_when_asked(tin
     assert torch.isnan(sample.targets.point_posmap[:, ~surface]).all()
     posed = sample.drive.R @ sample.targets.point_posmap[:, surface] + sample.drive.t[:, None]
     torch.testing.assert_close(posed, world[surface].T, atol=1e-3, rtol=0)
-    # The texture mode "ray" drives the avatar with the tracked mesh too: the same map at the same
-    # size, its own map at another.
-    assert sample.drive.tracked_posmap is None
-    for size in (24, 16):
-        driven = _dataset(
-            tiny_subject, gendir, frames[:1], ["400029"], CONFIG, point_map_size=24, tracked_uv_size=size
-        )[0]
-        assert driven.drive.tracked_posmap.shape == (3, size, size)
-        expected = torch.from_numpy(PositionMapSampler(mesh, size).coverage)
-        assert torch.equal(torch.isfinite(driven.drive.tracked_posmap).all(0), expected)
-        assert (driven.drive.tracked_posmap is driven.targets.point_posmap) == (size == 24)
+    # The texture mode "ray" drives the avatar with the tracked mesh itself too, in the face frame.
+    assert sample.drive.tracked_mesh is None
+    driven = _dataset(tiny_subject, gendir, frames[:1], ["400029"], CONFIG, tracked_mesh=True)[0]
+    tracked = driven.drive.tracked_mesh
+    assert torch.equal(tracked.faces, torch.as_tensor(mesh.faces))
+    assert torch.equal(tracked.face_uvs, torch.as_tensor(mesh.face_uvs))
+    torch.testing.assert_close(tracked.uvs, torch.as_tensor(mesh.uvs, dtype=torch.float32))
+    posed = tracked.verts @ driven.drive.R.T + driven.drive.t
+    torch.testing.assert_close(posed, torch.as_tensor(mesh.verts, dtype=torch.float32), atol=1e-3, rtol=0)
 
 
 def test_the_tracked_point_map_needs_the_tracked_mesh(tiny_subject, gendir, frames, tmp_path):

@@ -26,7 +26,7 @@ from npva.data.prepared import PreparedSubject
 from npva.data.samples import AvatarDataset
 from npva.errors import ConfigError, FormatError, NpvaError
 from npva.geometry.camera import look_at
-from npva.io.multiface import read_frame_list, write_frame_list
+from npva.io.multiface import read_frame_list, read_obj, write_frame_list
 from npva.io.subject import SubjectLayout
 from npva.model.avatar import Avatar, CameraBackground, CameraColour, calibrated
 from npva.model.points import point_texels
@@ -311,18 +311,18 @@ def _no_mouth(config: ExperimentConfig) -> torch.Tensor:
 @pytest.mark.parametrize(
     ("mode", "width", "residual", "lookup", "tracked"),
     [
-        ("off", 8, False, False, 0),
-        ("features", 11, False, False, 0),
-        ("corrected", 11, True, False, 0),
-        ("lookup", 11, True, True, 0),
-        ("ray", 11, True, True, 20),
+        ("off", 8, False, False, False),
+        ("features", 11, False, False, False),
+        ("corrected", 11, True, False, False),
+        ("lookup", 11, True, True, False),
+        ("ray", 11, True, True, True),
     ],
 )
 def test_the_texture_mode_decides_the_decoder_and_the_inputs(mode, width, residual, lookup, tracked):
-    config = apply_overrides(preset_config("tiny"), [f"model.texture={mode}", "model.tracked_uv_size=20"])
+    config = apply_overrides(preset_config("tiny"), [f"model.texture={mode}"])
     avatar = Avatar(config.model, config.render, _flat_template(config), _no_mouth(config), "black")
     assert avatar.decoder.feature_dim == width and avatar.decoder.colour_residual == residual
-    assert avatar.inputs.full_texture == lookup and avatar.inputs.tracked_uv_size == tracked
+    assert avatar.inputs.full_texture == lookup and avatar.inputs.tracked_mesh == tracked
     with pytest.raises(
         ConfigError, match="ModelConfig.texture must be one of off, features, corrected, lookup, ray"
     ):
@@ -361,8 +361,14 @@ def test_retired_settings_are_refused_on_the_command_line_and_read_from_older_ru
         NpvaError, match="render.texture_lookup' is no longer a setting: it is a mode of model"
     ):
         apply_overrides(config, ["render.texture_lookup=true"])
-    old = {"render": {"decoder": {"feature_dim": 11}}, "data": {"texture_size": 64}}
-    assert merge_settings(config, old) == config  # derived now: dropped
+    with pytest.raises(NpvaError, match="model.tracked_uv_size' is no longer a setting: it is replaced"):
+        apply_overrides(config, ["model.tracked_uv_size=256"])
+    old = {
+        "render": {"decoder": {"feature_dim": 11}},
+        "data": {"texture_size": 64},
+        "model": {"tracked_uv_size": 256},
+    }
+    assert merge_settings(config, old) == config  # derived or replaced now: dropped
     switches = {
         "model": {"texture_features": True},
         "render": {"texture_lookup": False, "decoder": {"colour_residual": True}},
@@ -546,14 +552,15 @@ def test_camera_colour_trains_and_is_restored_from_the_checkpoint(tiny_subject, 
 def test_the_texture_mode_ray_trains_and_its_checkpoint_renders_from_the_tracked_mesh(
     tiny_subject, gendir, tmp_path
 ):
-    overrides = ["model.texture=ray", "model.tracked_uv_size=32", "train.epochs=1", "train.val_every=0"]
+    overrides = ["model.texture=ray", "train.epochs=1", "train.val_every=0"]
     result = train(tiny_subject, tmp_path / "run", build_config("tiny", overrides=overrides), gendir=gendir)
     avatar, saved = load_avatar(result.checkpoint)
-    assert saved.model.texture == "ray" and avatar.inputs.tracked_uv_size == 32
+    assert saved.model.texture == "ray" and avatar.inputs.tracked_mesh
     subject = PreparedSubject(tiny_subject, gendir)
     seq, frame = read_frame_list(SubjectLayout(tiny_subject).split_list("test"))[0]
     drive = subject.drive(seq, frame, avatar.inputs)
-    assert drive.tracked_posmap.shape == (3, 32, 32)
+    mesh = read_obj(SubjectLayout(tiny_subject).mesh_obj(seq, frame))
+    assert drive.tracked_mesh.verts.shape == (len(mesh.verts), 3)
     camera = subject.camera("400029")
     image, out = avatar.render_image(drive, camera)
     hits = torch.isfinite(out.scene.ray_uv).all(-1)

@@ -81,10 +81,6 @@ class ModelConfig:
     # shading point's ray meets the tracked mesh (the pixel's UV of the textured tracked mesh), at the
     # blended UV where the ray misses it.
     texture: str = "off"
-    # Side of the tracked mesh's position map whose UV grid mesh gives each ray its UV in the texture
-    # mode "ray": at 256 the texture scored as on the tracked mesh itself (docs/model.md); at 64 (the
-    # demo's posmap) the grid is too coarse and the lookup blurs.
-    tracked_uv_size: int = 256
 
     @property
     def texture_features(self) -> bool:
@@ -340,6 +336,7 @@ class ExperimentConfig:
 RETIRED_SETTINGS = {
     "data.texture_size": "derived from model.texture_size",
     "render.decoder.feature_dim": "derived from model.feature_channels and model.texture",
+    "model.tracked_uv_size": "replaced by the tracked mesh itself, whose triangles give the rays their UV",
     **{
         key: f"a mode of model.texture ({', '.join(TEXTURE_MODES)})"
         for key in ("model.texture_features", "render.decoder.colour_residual", "render.texture_lookup")

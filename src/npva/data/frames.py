@@ -1,9 +1,10 @@
 """What one frame gives the avatar, and what one view gives the losses.
 
 `FrameDrive` is everything the avatar needs to render a frame from any camera: the frame's average
-texture, its tracked position map and its head pose. `ViewTargets` is what one camera's photo of that
-frame gives the losses: the photo, the tracked mesh's coverage mask, the MVS depth. `FrameInputs` is
-what an avatar declares it needs of each frame (`Avatar.inputs`), so that readers load just that.
+texture, its tracked position map (and, when the avatar asks for it, the tracked mesh) and its head
+pose. `ViewTargets` is what one camera's photo of that frame gives the losses: the photo, the tracked
+mesh's coverage mask, the MVS depth. `FrameInputs` is what an avatar declares it needs of each frame
+(`Avatar.inputs`), so that readers load just that.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ class _Tensors:
     """Moving a dataclass of tensors: every tensor field at once, the other fields kept."""
 
     def _map_tensors(self: _T, fn: Callable[[torch.Tensor], torch.Tensor]) -> _T:
-        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
-        return replace(self, **{k: fn(v) for k, v in tensors.items() if isinstance(v, torch.Tensor)})
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        moved = {k: fn(v) for k, v in values.items() if isinstance(v, torch.Tensor)}
+        moved |= {k: v._map_tensors(fn) for k, v in values.items() if isinstance(v, _Tensors)}
+        return replace(self, **moved)
 
     def to(self: _T, device: torch.device | str, non_blocking: bool = False) -> _T:
         return self._map_tensors(lambda v: v.to(device, non_blocking=non_blocking))
@@ -39,19 +42,34 @@ class FrameInputs:
     texture_size: side T of the average texture the encoder takes; posmap_size: side S of the
     position maps; full_texture: also the average texture at its own size (the shading points look
     their colour up in it); point_map_size: > 0 to load the tracked mesh's position map at the point
-    map's size as a target (the mouth-points loss), 0 not to; tracked_uv_size: > 0 to drive the
-    avatar with the tracked mesh's position map at that size too (the texture mode "ray"), 0 not to.
+    map's size as a target (the mouth-points loss), 0 not to; tracked_mesh: drive the avatar with the
+    tracked mesh itself too (the texture mode "ray").
     """
 
     texture_size: int
     posmap_size: int
     full_texture: bool = False
     point_map_size: int = 0
-    tracked_uv_size: int = 0
+    tracked_mesh: bool = False
 
     def for_rendering(self) -> FrameInputs:
         """The inputs without what only the losses need (the tracked point map)."""
         return replace(self, point_map_size=0)
+
+
+@dataclass
+class TrackedMesh(_Tensors):
+    """A frame's tracked mesh with its texture coordinates.
+
+    verts (V, 3) float32: vertices in the face frame, mm. faces (F, 3) long: vertex indices of each
+    triangle. uvs (U, 2) float32: texture coordinates (OBJ convention: v up). face_uvs (F, 3) long: the
+    texture coordinate of each triangle corner. Only verts changes from frame to frame.
+    """
+
+    verts: torch.Tensor
+    faces: torch.Tensor
+    uvs: torch.Tensor
+    face_uvs: torch.Tensor
 
 
 @dataclass
@@ -61,8 +79,8 @@ class FrameDrive(_Tensors):
     texture (3, T, T) float32 in [0, 1]: the average texture at the encoder's size. posmap (3, S, S)
     float32: the tracked mesh's position map in the face frame, mm. R (3, 3), t (3,) float32: head pose,
     x_world = R x_face + t. full_texture (3, T', T'): the average texture at its own size, or None when
-    the avatar does not look colours up in it. tracked_posmap (3, P, P): the tracked mesh's position map
-    at FrameInputs.tracked_uv_size, face frame, mm, NaN outside the UV islands, or None.
+    the avatar does not look colours up in it. tracked_mesh: the frame's tracked mesh (the texture mode
+    "ray"), or None.
     """
 
     texture: torch.Tensor
@@ -70,7 +88,7 @@ class FrameDrive(_Tensors):
     R: torch.Tensor
     t: torch.Tensor
     full_texture: torch.Tensor | None = None
-    tracked_posmap: torch.Tensor | None = None
+    tracked_mesh: TrackedMesh | None = None
 
 
 @dataclass

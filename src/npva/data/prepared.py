@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from npva.data.frames import FrameDrive, FrameInputs, ViewTargets
+from npva.data.frames import FrameDrive, FrameInputs, TrackedMesh, ViewTargets
 from npva.data.gendir import GenDir, read_depth_npz, read_manifest, read_mask, read_posmap
 from npva.errors import FormatError, MissingFileError, NpvaError
 from npva.geometry.camera import Camera
@@ -101,6 +101,8 @@ class PreparedSubject:
             raise MissingFileError(self.gendir.manifest, "preprocessing manifest (run npva preprocess)")
         self.settings = settings
         self._point_samplers: dict[int, tuple[PositionMapSampler, int]] = {}
+        # the tracked meshes' vertex count, faces, UVs and UV faces, read once
+        self._mesh_topology: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._photo_sizes: dict[str, tuple[int, int]] = {}
 
     @functools.cached_property
@@ -181,16 +183,13 @@ class PreparedSubject:
         texture = resize_image(full_texture, (size, size))
         posmap = read_posmap(self.gendir.posmap(seq, frame), inputs.posmap_size)
         R, t = read_transform(self.layout.transform(seq, frame))
-        tracked = None
-        if inputs.tracked_uv_size > 0:
-            tracked = self._tracked_tensor(seq, frame, inputs.tracked_uv_size)
         return FrameDrive(
             texture=image_tensor(texture),
             posmap=torch.from_numpy(np.ascontiguousarray(posmap.transpose(2, 0, 1))),
             R=torch.as_tensor(R, dtype=torch.float32),
             t=torch.as_tensor(t, dtype=torch.float32),
             full_texture=image_tensor(full_texture) if inputs.full_texture else None,
-            tracked_posmap=tracked,
+            tracked_mesh=self.tracked_mesh(seq, frame, R, t) if inputs.tracked_mesh else None,
         )
 
     def targets(
@@ -209,10 +208,7 @@ class PreparedSubject:
             depth = np.zeros(size, np.float32)
         point_posmap = None
         if inputs.point_map_size > 0:
-            size = inputs.point_map_size
-            point_posmap = drive.tracked_posmap  # the same map when the drive has it at this size
-            if point_posmap is None or point_posmap.shape[-1] != size:
-                point_posmap = self._tracked_tensor(seq, frame, size)
+            point_posmap = self._tracked_tensor(seq, frame, inputs.point_map_size)
         return ViewTargets(
             image=image_tensor(photo),
             mask=torch.from_numpy(np.ascontiguousarray(mask)),
@@ -224,6 +220,20 @@ class PreparedSubject:
     def _tracked_tensor(self, seq: str, frame: str, size: int) -> torch.Tensor:
         """tracked_point_map as a (3, P, P) tensor."""
         return torch.from_numpy(self.tracked_point_map(seq, frame, size).transpose(2, 0, 1).copy())
+
+    def tracked_mesh(self, seq: str, frame: str, R: np.ndarray, t: np.ndarray) -> TrackedMesh:
+        """The tracked mesh of (seq, frame) in the face frame of the pose R (3, 3), t (3,)."""
+        if self._mesh_topology is None:  # the topology and UVs of tracked meshes are fixed
+            mesh = read_obj(self.layout.mesh_obj(seq, frame))
+            self._mesh_topology = (
+                len(mesh.verts),
+                torch.as_tensor(mesh.faces, dtype=torch.int64),
+                torch.as_tensor(mesh.uvs, dtype=torch.float32),
+                torch.as_tensor(mesh.face_uvs, dtype=torch.int64),
+            )
+        num_verts, faces, uvs, face_uvs = self._mesh_topology
+        verts = (load_world_verts(self.layout, seq, frame, num_verts) - t) @ R  # x_face = R^T (x_world - t)
+        return TrackedMesh(torch.as_tensor(verts, dtype=torch.float32), faces, uvs, face_uvs)
 
     def tracked_point_map(self, seq: str, frame: str, size: int) -> np.ndarray:
         """(P, P, 3) float32 face-frame position map of the frame's tracked mesh at size P, NaN outside

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from npva.config import LossConfig, ModelConfig, RenderConfig
-from npva.data.frames import FrameDrive, FrameInputs, ViewTargets
+from npva.data.frames import FrameDrive, FrameInputs, TrackedMesh, ViewTargets
 from npva.data.gendir import GenDir, read_manifest, read_stats, read_uv_layout
 from npva.errors import NpvaError
 from npva.geometry.camera import Camera
@@ -274,7 +274,7 @@ class Avatar(nn.Module):
             cfg,
             self.network.cfg.mask_points_outside_uv,
             self._lookup_texture(drive),
-            self._tracked_posmap(drive),
+            self._tracked_mesh(drive),
             self.mouth,
         )
         if pixels is None or isinstance(pixels, str):
@@ -298,13 +298,13 @@ class Avatar(nn.Module):
             raise ValueError(f"model.texture is {mode!r}: rendering needs the frame's full-size texture")
         return drive.full_texture
 
-    def _tracked_posmap(self, drive: FrameDrive) -> torch.Tensor | None:
-        """The tracked position map (3, P, P) whose mesh gives each ray its texture UV, or None."""
+    def _tracked_mesh(self, drive: FrameDrive) -> TrackedMesh | None:
+        """The tracked mesh that gives each ray its texture UV, or None."""
         if not self.network.cfg.texture_at_ray:
             return None
-        if drive.tracked_posmap is None:
-            raise ValueError("model.texture is 'ray': rendering needs the frame's tracked position map")
-        return drive.tracked_posmap
+        if drive.tracked_mesh is None:
+            raise ValueError("model.texture is 'ray': rendering needs the frame's tracked mesh")
+        return drive.tracked_mesh
 
     @staticmethod
     def _named_pixels(name: str, guide_depth: torch.Tensor) -> torch.Tensor:
@@ -388,14 +388,14 @@ class Avatar(nn.Module):
 def frame_inputs(model: ModelConfig, loss: LossConfig) -> FrameInputs:
     """What an avatar of these settings reads of each frame: the average texture at the encoder's
     size, the position maps at theirs, the texture at its own size when the shading points look their
-    colour up in it, the tracked mesh at the point map's size when the mouth-points loss is on, and at
-    tracked_uv_size when each ray looks the texture up where it meets the tracked mesh."""
+    colour up in it, the tracked mesh at the point map's size when the mouth-points loss is on, and the
+    tracked mesh itself when each ray looks the texture up where it meets it."""
     return FrameInputs(
         texture_size=model.texture_size,
         posmap_size=model.posmap_size,
         full_texture=model.texture_lookup,
         point_map_size=model.point_map_size if loss.mouth_points_weight else 0,
-        tracked_uv_size=model.tracked_uv_size if model.texture_at_ray else 0,
+        tracked_mesh=model.texture_at_ray,
     )
 
 

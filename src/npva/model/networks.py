@@ -39,7 +39,6 @@ def _check_positive(cfg: ModelConfig) -> None:
         "texture_size",
         "posmap_size",
         "point_map_size",
-        "tracked_uv_size",
         "latent_channels",
         "latent_size",
     ):

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from npva.config import RenderConfig
+from npva.data.frames import TrackedMesh
 from npva.errors import NonFiniteError
 from npva.geometry.camera import Camera, camera_tensors, pixel_rays
-from npva.geometry.mesh import uv_grid_faces
+from npva.geometry.mesh import to_world, uv_grid_faces
 from npva.geometry.raster import interpolate, rasterize_camera
 from npva.geometry.texture import sample_texture, texel_flags
 from npva.model.blend import blend_neighbours, safe_rows
@@ -40,7 +41,6 @@ from npva.model.points import (
     densify_points,
     point_texels,
     rasterize_guide,
-    texel_uv,
 )
 from npva.model.query import KDTreeIndex, NeighbourIndex, build_neighbour_index
 from npva.model.sampling import (
@@ -169,7 +169,7 @@ def build_scene(
     cfg: RenderConfig,
     mask_points: bool = True,
     texture: torch.Tensor | None = None,
-    tracked_posmap: torch.Tensor | None = None,
+    tracked_mesh: TrackedMesh | None = None,
     open_texels: torch.Tensor | None = None,
 ) -> FrameScene:
     """The per-frame state of one rendering.
@@ -178,10 +178,10 @@ def build_scene(
     x_world = R x_face + t; camera with its image size; mask_points keeps only the points whose texel
     lies inside the UV islands; texture (3, T, T): the frame's average texture, given when the shading
     points look their colour up in it (the RGB feature channels then come from it; ModelConfig.texture
-    "lookup" or "ray"), else None; tracked_posmap (3, P, P): the frame's tracked position map (face
-    frame, mm, NaN outside the UV islands), given when the lookup's UV is where each ray meets the
-    tracked mesh (ModelConfig.texture "ray"), else None; open_texels (S', S') bool: texels of the
-    layout where the tracked mesh spans empty space (the mouth), whose rays keep the blended UV.
+    "lookup" or "ray"), else None; tracked_mesh: the frame's tracked mesh, given when the lookup's UV
+    is where each ray meets it (ModelConfig.texture "ray"), else None; open_texels (S', S') bool:
+    texels of the layout where the tracked mesh spans empty space (the mouth), whose rays keep the
+    blended UV.
     """
     if maps.coarse_offset.shape[0] != 1:
         raise ValueError(f"one frame per rendering, got a batch of {maps.coarse_offset.shape[0]}")
@@ -193,9 +193,8 @@ def build_scene(
     with stage("rasterization"):
         guide_depth = rasterize_guide(vertices, template.grid_faces, camera)
         ray_uv = None
-        if tracked_posmap is not None:
-            posmap = tracked_posmap.to(device, dtype)
-            ray_uv = tracked_uv_image(posmap, rotation, translation, camera, open_texels)
+        if tracked_mesh is not None:
+            ray_uv = tracked_uv_image(tracked_mesh.to(device), rotation, translation, camera, open_texels)
     size = maps.displacement.shape[-1]
     texels = None
     if mask_points:
@@ -229,7 +228,7 @@ def build_scene(
 
 
 def tracked_uv_image(
-    posmap: torch.Tensor,
+    mesh: TrackedMesh,
     rotation: torch.Tensor,
     translation: torch.Tensor,
     camera: Camera,
@@ -238,16 +237,14 @@ def tracked_uv_image(
     """(H, W, 2) UV where each pixel's ray meets the tracked mesh, NaN where it misses or meets it in
     one of open_texels (S', S') bool (the layout's texels, row 0 at v = 1), if given.
 
-    posmap: (3, P, P) the tracked position map (face frame, mm, NaN outside the UV islands); its UV
-    grid mesh (one vertex per texel centre) stands for the tracked mesh. The average texture is
-    unwrapped from the photos through the tracked mesh, so this UV is where the texture keeps what the
-    cameras near this one saw along the ray, wherever the true surface lies along it.
+    mesh: the frame's tracked mesh (face frame); rotation (3, 3), translation (3,): the head pose. The
+    average texture is unwrapped from the photos through the tracked mesh, so this UV is where the
+    texture keeps what the cameras near this one saw along the ray, wherever the true surface lies
+    along it.
     """
-    covered = torch.isfinite(posmap).all(0)
-    faces = uv_grid_faces(covered).to(posmap.device)
-    vertices = coarse_vertices_world(torch.nan_to_num(posmap), rotation, translation)
-    frags = rasterize_camera(vertices, faces, camera)
-    uv = interpolate(texel_uv(posmap.shape[-1], posmap.device).to(posmap.dtype), faces, frags)
+    vertices = to_world(mesh.verts.to(rotation.dtype), rotation, translation)
+    frags = rasterize_camera(vertices, mesh.faces, camera)
+    uv = interpolate(mesh.uvs.to(rotation.dtype), mesh.face_uvs, frags)
     hit = frags.face_id >= 0
     if open_texels is not None:
         # The open mouth's texels hold what the cameras saw through the stretched surface from their
