@@ -61,7 +61,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # The demo subject (`npva synth --preset demo`, `npva preprocess --uv-size 64`): 256x167 training
     # images, 64^2 UV maps, 256^2 points (about 0.2 per pixel of the face), sized to finish on two
-    # CPU cores in about 9 minutes (npva demo: 13 minutes in all).
+    # CPU cores in about 6 minutes (npva demo: 8 minutes in all).
     "demo": {
         "model": {
             "texture_size": 128,
