@@ -7,6 +7,8 @@
   `npva.model.blend.blend_neighbours_torch`).
 - `graphs`: the encoder and map decoders replayed from CUDA graphs, in training (forward and backward)
   and in evaluation (reference: the same modules run op by op).
+- `compiled`: the radiance decoder and the compositing compiled by torch.compile (RenderConfig.compile;
+  reference: the same functions run op by op).
 
 Triton is imported only here and only when a fast path is asked for: the CPU install never needs it.
 `kernels_enabled` is the one rule for when the Triton kernels run; `train.cuda_graphs` and the evaluation
