@@ -21,6 +21,7 @@ from npva.data.frames import FrameDrive, FrameInputs, TrackedMesh, ViewTargets
 from npva.data.gendir import GenDir, read_depth_npz, read_manifest, read_mask, read_posmap
 from npva.errors import FormatError, MissingFileError, NpvaError
 from npva.geometry.camera import Camera
+from npva.geometry.mesh import Mesh
 from npva.geometry.posmap import PositionMapSampler
 from npva.io.multiface import (
     load_world_verts,
@@ -100,9 +101,9 @@ class PreparedSubject:
         if settings is None:
             raise MissingFileError(self.gendir.manifest, "preprocessing manifest (run npva preprocess)")
         self.settings = settings
-        self._point_samplers: dict[int, tuple[PositionMapSampler, int]] = {}
-        # the tracked meshes' vertex count, faces, UVs and UV faces, read once
-        self._mesh_topology: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # The tracked meshes share one topology and UV layout: read from the first OBJ asked for.
+        self._tracked_layout: Mesh | None = None
+        self._point_samplers: dict[int, PositionMapSampler] = {}
         self._photo_sizes: dict[str, tuple[int, int]] = {}
 
     @functools.cached_property
@@ -223,30 +224,35 @@ class PreparedSubject:
 
     def tracked_mesh(self, seq: str, frame: str, R: np.ndarray, t: np.ndarray) -> TrackedMesh:
         """The tracked mesh of (seq, frame) in the face frame of the pose R (3, 3), t (3,)."""
-        if self._mesh_topology is None:  # the topology and UVs of tracked meshes are fixed
-            mesh = read_obj(self.layout.mesh_obj(seq, frame))
-            self._mesh_topology = (
-                len(mesh.verts),
-                torch.as_tensor(mesh.faces, dtype=torch.int64),
-                torch.as_tensor(mesh.uvs, dtype=torch.float32),
-                torch.as_tensor(mesh.face_uvs, dtype=torch.int64),
-            )
-        num_verts, faces, uvs, face_uvs = self._mesh_topology
-        verts = (load_world_verts(self.layout, seq, frame, num_verts) - t) @ R  # x_face = R^T (x_world - t)
-        return TrackedMesh(torch.as_tensor(verts, dtype=torch.float32), faces, uvs, face_uvs)
+        layout = self._tracked_mesh_layout(seq, frame)
+        return TrackedMesh(
+            torch.as_tensor(self._face_frame_verts(seq, frame, R, t), dtype=torch.float32),
+            torch.as_tensor(layout.faces, dtype=torch.int64),
+            torch.as_tensor(layout.uvs, dtype=torch.float32),
+            torch.as_tensor(layout.face_uvs, dtype=torch.int64),
+        )
 
     def tracked_point_map(self, seq: str, frame: str, size: int) -> np.ndarray:
         """(P, P, 3) float32 face-frame position map of the frame's tracked mesh at size P, NaN outside
         the UV islands."""
-        if size not in self._point_samplers:  # the topology and UVs of tracked meshes are fixed
-            mesh = read_obj(self.layout.mesh_obj(seq, frame))
-            self._point_samplers[size] = (PositionMapSampler(mesh, size), len(mesh.verts))
-        sampler, num_verts = self._point_samplers[size]
-        verts = load_world_verts(self.layout, seq, frame, num_verts)
+        if size not in self._point_samplers:
+            self._point_samplers[size] = PositionMapSampler(self._tracked_mesh_layout(seq, frame), size)
+        sampler = self._point_samplers[size]
         R, t = read_transform(self.layout.transform(seq, frame))  # the pose at full precision
-        posmap = sampler.position_map((verts - t) @ R)  # x_face = R^T (x_world - t)
+        posmap = sampler.position_map(self._face_frame_verts(seq, frame, R, t))
         posmap[~sampler.coverage] = np.nan
         return posmap
+
+    def _tracked_mesh_layout(self, seq: str, frame: str) -> Mesh:
+        """The tracked meshes' topology and UVs: the OBJ of (seq, frame) when none was read yet."""
+        if self._tracked_layout is None:
+            self._tracked_layout = read_obj(self.layout.mesh_obj(seq, frame))
+        return self._tracked_layout
+
+    def _face_frame_verts(self, seq: str, frame: str, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """(V, 3) vertices of the tracked mesh of (seq, frame), x_face = R^T (x_world - t)."""
+        num_verts = len(self._tracked_mesh_layout(seq, frame).verts)
+        return (load_world_verts(self.layout, seq, frame, num_verts) - t) @ R
 
 
 def _expect_shape(array: np.ndarray, size: tuple[int, int], path: Path, what: str) -> np.ndarray:
