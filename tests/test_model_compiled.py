@@ -80,5 +80,8 @@ def test_compiled_compositing_matches_the_plain_one(device):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
         sum(o.sum() for o in out).backward()
         sum(o.sum() for o in out_c).backward()
-        torch.testing.assert_close(copies[0].grad, sigma.grad, rtol=1e-4, atol=1e-5)
+        # sigma's gradient sums terms of the depths' size (z ~ 500) that cancel: float32 rounding of
+        # another summation order is relative to the largest of them, not to the small result
+        scale = float(sigma.grad.abs().max())
+        torch.testing.assert_close(copies[0].grad, sigma.grad, rtol=1e-4, atol=1e-6 * scale)
         torch.testing.assert_close(copies[1].grad, rgb.grad, rtol=1e-4, atol=1e-5)
