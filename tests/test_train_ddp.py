@@ -6,13 +6,16 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from npva.train import checkpoint as ckpt
 from npva.train.distributed import StepOrder
 
 STEPS = 6
 
 
-def test_two_gloo_processes_keep_identical_parameters(tiny_subject, gendir, tmp_path):
+@pytest.mark.parametrize("images_per_step", [1, 2])
+def test_two_gloo_processes_keep_identical_parameters(tiny_subject, gendir, tmp_path, images_per_step):
     run_dir = tmp_path / "run"
     command = [
         sys.executable,
@@ -39,6 +42,8 @@ def test_two_gloo_processes_keep_identical_parameters(tiny_subject, gendir, tmp_
         "gep.patch_start=4",
         "--set",
         "train.device=cpu",
+        "--set",
+        f"train.images_per_step={images_per_step}",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
@@ -53,7 +58,8 @@ def test_two_gloo_processes_keep_identical_parameters(tiny_subject, gendir, tmp_
     assert digests[0]["parameters"] == ckpt.parameter_digest(avatar)
     # rank 0's error maps hold the errors of the images both processes trained on
     num_samples, seed = len(state["data"]["keys"]), state["data"]["seed"]
-    seen = {i for rank in (0, 1) for i in StepOrder(num_samples, rank, 2, seed, 0, STEPS)}
+    orders = [StepOrder(num_samples, rank, 2, seed, 0, STEPS, images_per_step) for rank in (0, 1)]
+    seen = {i for order in orders for step in order for i in step}
     counted = state["gep"]["error_count"].sum(dim=(1, 2)) > 0
-    assert set(counted.nonzero().flatten().tolist()) == seen and len(seen) > STEPS
+    assert set(counted.nonzero().flatten().tolist()) == seen and len(seen) > STEPS * images_per_step
     assert len(state["rng"]) == 2 and not state["rng"][0]["torch"].equal(state["rng"][1]["torch"])

@@ -33,7 +33,7 @@ from npva.model.points import point_texels
 from npva.model.render import UVTemplate
 from npva.train import build_config, load_avatar, preset_config, train
 from npva.train import checkpoint as ckpt
-from npva.train.distributed import StepOrder
+from npva.train.distributed import DistributedContext, StepOrder
 from npva.train.engine import Trainer, check_resumable, check_settings, loader_workers, with_next
 
 
@@ -92,9 +92,9 @@ def test_preparing_the_next_step_during_the_backward_pass_changes_no_result(
     drawn = []  # (the trainer's step when a step's input was prepared, that step)
     prepare = Trainer._prepare
 
-    def spy(self, sample, step):
+    def spy(self, sample, step, index=0):
         drawn.append((self.step, step))
-        return prepare(self, sample, step)
+        return prepare(self, sample, step, index)
 
     monkeypatch.setattr(Trainer, "_prepare", spy)
     short = apply_overrides(preset_config("tiny"), ["train.stop_after=8", "train.val_every=0"])
@@ -415,14 +415,83 @@ def test_mouth_points_term_and_texture_lookup_train_and_evaluate(tiny_subject, g
 # ---- data order and backgrounds -------------------------------------------------------------------
 
 
+def _image_order(num, rank, world, seed, start, stop, per_step=1):
+    """The sample indices of steps [start, stop), one list per step."""
+    return list(StepOrder(num, rank, world, seed, start, stop, per_step))
+
+
 def test_step_order_shards_each_pass_and_resumes_mid_way():
     num, world = 7, 3
-    orders = [list(StepOrder(num, rank, world, seed=5, start=0, stop=6)) for rank in range(world)]
+    orders = [[i for (i,) in _image_order(num, rank, world, 5, 0, 6)] for rank in range(world)]
     first_pass = sorted(i for order in orders for i in order[:3])
     assert set(first_pass) == set(range(num)) and len(first_pass) == 9  # padded by 2 repeats
     assert orders[0][3:] != orders[0][:3]  # the second pass is reshuffled
-    assert list(StepOrder(num, 1, world, seed=5, start=4, stop=6)) == orders[1][4:]
-    assert list(StepOrder(num, 1, world, seed=6, start=0, stop=6)) != orders[1]
+    assert [i for (i,) in _image_order(num, 1, world, 5, 4, 6)] == orders[1][4:]
+    assert [i for (i,) in _image_order(num, 1, world, 6, 0, 6)] != orders[1]
+
+    # Two images a step take the same order, two at a time, and resume mid-way as well.
+    pairs = _image_order(num, 1, world, 5, 0, 3, per_step=2)
+    assert pairs == [orders[1][0:2], orders[1][2:4], orders[1][4:6]]
+    assert _image_order(num, 1, world, 5, 1, 3, per_step=2) == pairs[1:]
+
+
+def test_a_step_of_two_images_averages_their_gradients(tiny_subject, gendir, tmp_path):
+    # Image j of step s draws its rays and latent sample as slot s * K + j: the two images of step 0
+    # with K = 2 are those of steps 0 and 1 with one image a step, both from the initial parameters.
+    settings = ["train.steps_per_epoch=10", "train.val_every=0"]  # steps 0 and 1 in the grid phase
+
+    def trainer(name, per_step):
+        config = apply_overrides(preset_config("tiny"), [*settings, f"train.images_per_step={per_step}"])
+        return Trainer(tiny_subject, tmp_path / name, config, gendir, DistributedContext())
+
+    def gradients(trainer, samples):
+        scalars = trainer.train_step(samples)
+        grads = {name: p.grad.clone() for name, p in trainer.avatar.named_parameters() if p.grad is not None}
+        return grads, scalars
+
+    paired = trainer("paired", 2)
+    first, second = paired.dataset[0], paired.dataset[1]
+    averaged, both = gradients(paired, [first, second])
+    alone = trainer("first", 1)
+    of_first, one = gradients(alone, [first])
+    alone = trainer("second", 1)
+    alone.step = 1
+    of_second, other = gradients(alone, [second])
+    assert both["rays"] == one["rays"] + other["rays"]
+    assert both["loss"] == pytest.approx((one["loss"] + other["loss"]) / 2, rel=1e-5)
+    assert averaged.keys() == of_first.keys() == of_second.keys() and len(averaged) > 10
+    for name, grad in averaged.items():
+        expected = (of_first[name] + of_second[name]) / 2
+        torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6 * expected.abs().max(), msg=name)
+    # Each image's error map took its own rays' errors.
+    counts = paired.gep.error_count.sum(dim=(1, 2))
+    assert counts[0] > 0 and counts[1] > 0 and counts[2:].sum() == 0
+
+
+def test_two_images_a_step_resume_and_overlap_exactly(tiny_subject, gendir, tmp_path):
+    settings = ["train.images_per_step=2", "train.epochs=6", "gep.error_start=2", "gep.patch_start=4"]
+    config = apply_overrides(preset_config("tiny"), [*settings, "train.val_every=0"])
+    straight = train(tiny_subject, tmp_path / "straight", config, gendir=gendir)
+    assert straight.step == 6
+
+    run_dir = tmp_path / "resumed"
+    common = [str(tiny_subject), "--out", str(run_dir), "--gendir", str(gendir), "--preset", "tiny"]
+    overrides = [item for setting in settings for item in ("--set", setting)]
+    one_at_a_time = ["--set", "train.overlap_steps=false", "--set", "train.val_every=0"]
+    assert main(["train", *common, *overrides, *one_at_a_time, "--set", "train.stop_after=3"]) == 0
+    assert main(["train", *common, *overrides, *one_at_a_time]) == 0
+    resumed = ckpt.load_checkpoint(ckpt.list_checkpoints(run_dir)[-1])
+    reference = ckpt.load_checkpoint(straight.checkpoint)
+    assert resumed["step"] == reference["step"] == 6
+    for name, tensor in reference["model"].items():
+        if isinstance(tensor, torch.Tensor):
+            assert torch.equal(resumed["model"][name], tensor), name
+    for name in ("error_map", "error_count"):
+        assert torch.equal(resumed["gep"][name], reference["gep"][name]), name
+    # 6 steps of 2 images each: every one of the tiny subject's training images, some twice
+    assert int((reference["gep"]["error_count"].sum(dim=(1, 2)) > 0).sum()) == min(
+        12, len(reference["data"]["keys"])
+    )
 
 
 def _camera_looking_away(name: str):
@@ -492,6 +561,11 @@ def test_cudnn_autotune_setting_decides_cudnn_benchmark(tiny_subject, gendir, tm
     )
     train(tiny_subject, tmp_path / "run", config, gendir=gendir)
     assert torch.backends.cudnn.benchmark is autotune
+
+
+def test_settings_check_refuses_steps_of_no_images():
+    with pytest.raises(NpvaError, match="train.images_per_step must be at least 1, got 0"):
+        check_settings(apply_overrides(preset_config("tiny"), ["train.images_per_step=0"]))
 
 
 def test_settings_check_takes_the_machine_chosen_workers_and_refuses_negative_ones():

@@ -264,15 +264,19 @@ class LossConfig:
 class TrainConfig:
     """The training loop (method.md section 8): schedule, optimizer, devices, logging, checkpoints.
 
-    The schedule counts epochs of steps_per_epoch steps (one image per step and process): the GEP phase
-    and the learning rate of step s follow the epoch s / steps_per_epoch, so a short run can pass
-    through every phase. The data order is separate: each process walks through its share of the
-    samples, reshuffled (seeded) on every pass.
+    The schedule counts epochs of steps_per_epoch steps (images_per_step images per step and process):
+    the GEP phase and the learning rate of step s follow the epoch s / steps_per_epoch, so a short run
+    can pass through every phase. The data order is separate: each process walks through its share of
+    the samples, reshuffled (seeded) on every pass.
     """
 
     seed: int = 0  # seeds the networks' initialization, the data order, the rays and the latent samples
     epochs: int = resumable(35)  # length of the run in epochs of steps_per_epoch steps
-    steps_per_epoch: int | None = None  # None: one pass over this process's share of the samples
+    # None: one pass over this process's share of the samples (images_per_step of them a step)
+    steps_per_epoch: int | None = None
+    # Images (frame, camera) per step and process: each image's GEP rays are rendered and its gradients
+    # averaged with the others' before one parameter update (docs/training.md, Images per step).
+    images_per_step: int = 1
     lr: float = 1e-3  # Adam's learning rate at the start
     weight_decay: float = 4e-5  # Adam's L2 penalty
     lr_decay_epochs: tuple[int, ...] = (15,)  # the learning rate is multiplied by lr_decay at these

@@ -6,8 +6,9 @@ the run is a single process and nothing here communicates.
 
 Data order. Every pass over the samples ("data epoch") is a permutation drawn from a generator seeded
 with (seed, pass); it is padded by repeating its start to a multiple of the number of processes, and
-process r takes positions r, r + W, r + 2W, ... (like DistributedSampler). The sample of any step is a
-function of (seed, step, rank, W), so a resumed run needs only the step to continue the same order.
+process r takes positions r, r + W, r + 2W, ... (like DistributedSampler); a step takes the next
+train.images_per_step of them. The samples of any step are a function of (seed, step, rank, W, images
+per step), so a resumed run needs only the step to continue the same order.
 """
 
 from __future__ import annotations
@@ -142,22 +143,36 @@ def shard_length(num_samples: int, world_size: int) -> int:
     return math.ceil(num_samples / world_size)
 
 
-class StepOrder(Sampler[int]):
-    """The sample index of each step in [start, stop) for process `rank` of `world_size`.
+class StepOrder(Sampler[list[int]]):
+    """The sample indices of each step in [start, stop) for process `rank` of `world_size`, with
+    `images_per_step` images a step.
 
     Pass p over the data is randperm(num_samples) from a generator seeded with (seed, p), padded to a
-    multiple of world_size by repeating its start; step s is in pass s // L at offset s % L, with
-    L = shard_length, and takes position rank + offset * world_size of that pass.
+    multiple of world_size by repeating its start. Image j of step s fills slot s * images_per_step + j;
+    slot n is in pass n // L at offset n % L, with L = shard_length, and takes position
+    rank + offset * world_size of that pass.
     """
 
-    def __init__(self, num_samples: int, rank: int, world_size: int, seed: int, start: int, stop: int):
+    def __init__(
+        self,
+        num_samples: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        start: int,
+        stop: int,
+        images_per_step: int = 1,
+    ):
         if num_samples < 1:
             raise ValueError("no samples to order")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        if images_per_step < 1:
+            raise ValueError(f"images_per_step must be at least 1, got {images_per_step}")
         self.num_samples, self.rank, self.world_size = num_samples, rank, world_size
         self.seed, self.start, self.stop = seed, start, max(start, stop)
-        self.steps_per_pass = shard_length(num_samples, world_size)
+        self.images_per_step = images_per_step
+        self.slots_per_pass = shard_length(num_samples, world_size)
         self._pass: int | None = None
         self._order: torch.Tensor | None = None
 
@@ -165,18 +180,20 @@ class StepOrder(Sampler[int]):
         """(L * W,) long: the padded order of pass `data_pass`."""
         generator = torch.Generator().manual_seed(derived_seed(self.seed, data_pass))
         order = torch.randperm(self.num_samples, generator=generator)
-        padded = self.steps_per_pass * self.world_size
+        padded = self.slots_per_pass * self.world_size
         return order.repeat(math.ceil(padded / self.num_samples))[:padded]
 
-    def index_at(self, step: int) -> int:
-        data_pass, offset = divmod(step, self.steps_per_pass)
+    def index_at(self, slot: int) -> int:
+        """The sample index of image slot `slot`."""
+        data_pass, offset = divmod(slot, self.slots_per_pass)
         if self._pass != data_pass:
             self._pass, self._order = data_pass, self._permutation(data_pass)
         return int(self._order[self.rank + offset * self.world_size])
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[list[int]]:
+        per_step = self.images_per_step
         for step in range(self.start, self.stop):
-            yield self.index_at(step)
+            yield [self.index_at(step * per_step + j) for j in range(per_step)]
 
     def __len__(self) -> int:
         return self.stop - self.start

@@ -1,17 +1,20 @@
 """The training loop (method.md section 8).
 
-One (frame, camera) image per step and process. Step s (counted from 0) belongs to epoch
-s / steps_per_epoch: its GEP phase (grid, error, patch) and its learning rate (Adam, multiplied by
-lr_decay at each of lr_decay_epochs) follow that epoch, so a short run with few steps per epoch passes
-through every phase. Each step renders the GEP pixels of its image, computes the losses, updates the
-parameters, and folds the per-pixel colour errors into the image's error map. With several processes
-(torchrun) the gradients are averaged by DDP and every step's error-map statistics are exchanged, so
-every process holds the same maps; logging, validation and checkpoint files come from rank 0.
+train.images_per_step (K) (frame, camera) images per step and process. Step s (counted from 0) belongs
+to epoch s / steps_per_epoch: its GEP phase (grid, error, patch) and its learning rate (Adam, multiplied
+by lr_decay at each of lr_decay_epochs) follow that epoch, so a short run with few steps per epoch passes
+through every phase. Each step renders the GEP pixels of each of its images, computes their losses and
+gradients one image after another (averaged over the K images), updates the parameters once, and folds
+the per-pixel colour errors into each image's error map. With several processes (torchrun) the
+gradients are also averaged over the processes by DDP and every image's error-map statistics are
+exchanged, so every process holds the same maps; logging, validation and checkpoint files come from
+rank 0.
 
-Randomness. What a step draws (its GEP pixels, the latent sample, the jitter of the sampling bins) comes
-from generators seeded with (seed, step, rank), and the data order is a function of (seed, step, rank,
-number of processes) (distributed.StepOrder). A resumed run continues exactly where the checkpoint
-left off; the global generator states are saved and restored as well, for anything that draws from them.
+Randomness. Image j of step s fills slot s * K + j. What an image draws (its GEP pixels, the latent
+sample, the jitter of the sampling bins) comes from generators seeded with (seed, slot, rank), and the
+data order is a function of (seed, step, rank, number of processes, K) (distributed.StepOrder). A
+resumed run continues exactly where the checkpoint left off; the global generator states are saved and
+restored as well, for anything that draws from them.
 
 A run directory holds config.yaml (the settings), checkpoints/step_<n>.pt (the newest
 train.keep_checkpoints of them), tensorboard/ (scalars and validation images), split/ (the frames and
@@ -29,7 +32,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,9 +204,9 @@ def saved_run_config(run_dir: Path) -> ExperimentConfig | None:
 
 
 @dataclass
-class PreparedStep:
-    """A step's input: the sample as the loader gave it, its GEP pixels (R, 2) long and the sample on
-    the training device (copies possibly still running)."""
+class PreparedImage:
+    """One image of a step: the sample as the loader gave it, its GEP pixels (R, 2) long and the sample
+    on the training device (copies possibly still running)."""
 
     sample: TrainSample
     pixels: torch.Tensor
@@ -301,7 +304,10 @@ class Trainer:
         first = self.dataset[0]
         self.height, self.width = first.camera.height, first.camera.width
         self.gep = GEPSampler(len(self.dataset), self.height, self.width, config.gep)
-        self.steps_per_epoch = tc.steps_per_epoch or shard_length(len(self.dataset), ctx.world_size)
+        self.images_per_step = tc.images_per_step
+        self.steps_per_epoch = tc.steps_per_epoch or math.ceil(
+            shard_length(len(self.dataset), ctx.world_size) / self.images_per_step
+        )
         self.total_steps = tc.epochs * self.steps_per_epoch
 
         found = ckpt.latest_checkpoint(run_dir)
@@ -345,7 +351,7 @@ class Trainer:
         self.model = wrap_model(self.avatar, ctx, tc.sync_batchnorm)
         self.writer = open_tensorboard(run_dir / TENSORBOARD) if ctx.is_main else None
         self._interval = torch.zeros(2, len(LOG_KEYS), dtype=torch.float64)  # sums, counts
-        self._prepared: PreparedStep | None = None  # the next step's, drawn during the last step
+        self._prepared: list[PreparedImage] | None = None  # the next step's, drawn during the last step
         self.log_records: list[dict[str, float]] = []
         self.timing = RunTiming()
         self.validations: list[Validation] = []
@@ -381,11 +387,11 @@ class Trainer:
         )
         timer = StageTimer(self._synchronize) if tc.profile_stages else None
         tick = time.perf_counter()
-        for sample, upcoming in with_next(self._loader(self.step, stop)):
+        for samples, upcoming in with_next(self._loader(self.step, stop)):
             arrived = time.perf_counter()
             phase = self.phase  # of this step, before train_step counts it
             with timer.active() if timer is not None else contextlib.nullcontext():
-                scalars = self.train_step(sample, upcoming)
+                scalars = self.train_step(samples, upcoming)
             now = time.perf_counter()
             scalars["step_seconds"] = now - tick
             if timer is not None:
@@ -454,46 +460,80 @@ class Trainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def _loader(self, start: int, stop: int) -> DataLoader:
-        """Samples of steps [start, stop) of this process, in the run's data order."""
+        """The list of samples of each step in [start, stop) of this process, in the run's data order."""
         tc = self.config.train
-        order = StepOrder(len(self.dataset), self.ctx.rank, self.ctx.world_size, tc.seed, start, stop)
+        ctx, per_step = self.ctx, self.images_per_step
+        order = StepOrder(len(self.dataset), ctx.rank, ctx.world_size, tc.seed, start, stop, per_step)
         return DataLoader(
             self.dataset,
-            batch_size=None,
-            sampler=order,
+            batch_sampler=order,
+            collate_fn=list,
             num_workers=loader_workers(tc.workers, self.device.type, self.ctx.world_size),
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(tc.seed),  # keeps the global generator untouched
         )
 
-    def _pixel_generator(self, step: int) -> torch.Generator:
-        """The CPU generator of step `step`'s GEP pixels."""
-        return torch.Generator().manual_seed(derived_seed(self.config.train.seed, step, self.ctx.rank, 0))
+    def _pixel_generator(self, slot: int) -> torch.Generator:
+        """The CPU generator of the GEP pixels of image slot `slot` (step * images_per_step + image)."""
+        return torch.Generator().manual_seed(derived_seed(self.config.train.seed, slot, self.ctx.rank, 0))
 
-    def _render_generator(self, step: int) -> torch.Generator:
-        """The device generator of step `step`'s latent sample and sampling jitter."""
-        seed = derived_seed(self.config.train.seed, step, self.ctx.rank, 1)
+    def _render_generator(self, slot: int) -> torch.Generator:
+        """The device generator of the latent sample and sampling jitter of image slot `slot`."""
+        seed = derived_seed(self.config.train.seed, slot, self.ctx.rank, 1)
         return torch.Generator(self.device).manual_seed(seed)
 
     # ---- one step ---------------------------------------------------------------------------------
 
-    def train_step(self, sample: TrainSample, upcoming: TrainSample | None = None) -> dict[str, float]:
-        """Render, compute the losses and update the parameters and error maps for one sample;
-        returns the step's scalars (loss, PSNR of the sampled rays, terms, gradient norm, ...).
+    def train_step(
+        self, samples: Sequence[TrainSample], upcoming: Sequence[TrainSample] | None = None
+    ) -> dict[str, float]:
+        """Render each of a step's samples, compute its losses and their gradients (averaged over the
+        samples), update the parameters once and the error map of every sample; returns the step's
+        scalars (the samples' mean loss, PSNR of the sampled rays and terms, the gradient norm, the
+        rays of all samples, ...).
 
-        upcoming: the next step's sample, if known; its pixels are drawn and its copy to the device
-        started while the device runs this step's backward pass (see _overlaps).
+        upcoming: the next step's samples, if known; their pixels are drawn and their copies to the
+        device started while the device runs this step's last backward pass (see _overlaps).
         """
-        self._check_size(sample)
+        for sample in samples:
+            self._check_size(sample)
         phase = self.phase
-        prepared = self._prepared if self._prepared and self._prepared.sample is sample else None
+        prepared = self._prepared if self._prepared_for(samples) else None
         self._prepared = None
         if prepared is None:
-            prepared = self._prepare(sample, self.step)
-        pixels, sample = prepared.pixels, prepared.on_device
+            prepared = [self._prepare(sample, self.step, j) for j, sample in enumerate(samples)]
         self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        scalars, errors = [], []
+        for j, image in enumerate(prepared):
+            with self._gradient_sync(last=j == len(prepared) - 1):
+                image_scalars, image_errors = self._image_gradients(image, phase, j, len(prepared))
+            scalars.append(image_scalars)
+            errors.append(image_errors)
+        if upcoming is not None and self._overlaps(samples, upcoming):
+            self._prepared = [self._prepare(sample, self.step + 1, j) for j, sample in enumerate(upcoming)]
+        named = {key: torch.stack([image[key] for image in scalars]).mean() for key in scalars[0]}
+        with stage("backward"):
+            named["grad_norm"] = self._update_parameters(named["loss"]).detach()
+        read = torch.stack([v.float().reshape(()) for v in named.values()]).tolist()
+        values = dict(zip(named, read, strict=True))
+        if not math.isfinite(values["grad_norm"]):  # the parameters were not updated (_update_parameters)
+            raise self._diverged(f"non-finite gradients (loss {values['loss']:.4g})")
+        for image, image_errors in zip(prepared, errors, strict=True):
+            self._update_error_maps(image.sample.index, image.pixels, image_errors)
+        self.step += 1
+        return {**values, "rays": float(sum(image.pixels.shape[0] for image in prepared))}
+
+    def _image_gradients(
+        self, image: PreparedImage, phase: str, index: int, count: int
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Render image `index` of the `count` of this step, compute its losses and add 1/count of
+        their gradients to the parameters'; returns its scalars (loss, PSNR, terms, samples per ray;
+        0-dim tensors) and the colour error (R,) of each of its rays."""
+        sample = image.on_device
         try:
-            out = self.model(sample.drive, sample.camera, pixels, self._render_generator(self.step))
+            slot = self.step * self.images_per_step + index
+            out = self.model(sample.drive, sample.camera, image.pixels, self._render_generator(slot))
         except NonFiniteError as exc:
             raise self._diverged(str(exc)) from None
         with stage("losses"):
@@ -502,27 +542,31 @@ class Trainer:
                 out, sample.targets, patch_shape, self.perceptual
             )
         with stage("backward"):
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-        if upcoming is not None and self._overlaps(sample, upcoming):
-            self._prepared = self._prepare(upcoming, self.step + 1)
-        with stage("backward"):
-            grad_norm = self._update_parameters(total)
-        errors = colour_error(colour.detach(), target)
-        named = {
+            (total / count).backward()
+        colour = colour.detach()
+        scalars = {
             "loss": total.detach(),
-            "psnr": psnr(((colour.detach() - target) ** 2).mean()),
+            "psnr": psnr(((colour - target) ** 2).mean()),
             **terms,
-            "grad_norm": grad_norm.detach(),
             "samples_per_ray": out.rays.num_samples.float().mean(),
         }
-        read = torch.stack([v.float().reshape(()) for v in named.values()]).tolist()
-        values = dict(zip(named, read, strict=True))
-        if not math.isfinite(values["grad_norm"]):  # the parameters were not updated (_update_parameters)
-            raise self._diverged(f"non-finite gradients (loss {values['loss']:.4g})")
-        self._update_error_maps(sample.index, pixels, errors)
-        self.step += 1
-        return {**values, "rays": float(pixels.shape[0])}
+        return scalars, colour_error(colour, target)
+
+    def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """With several processes DDP averages the gradients over them in the backward pass of a step's
+        last image; the images before it only add to this process's gradients."""
+        if last or not isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
+    def _prepared_for(self, samples: Sequence[TrainSample]) -> bool:
+        """Whether the images prepared during the last step are those of `samples`."""
+        prepared = self._prepared
+        return (
+            prepared is not None
+            and len(prepared) == len(samples)
+            and all(image.sample is sample for image, sample in zip(prepared, samples, strict=True))
+        )
 
     def _of_training_size(self, sample: TrainSample) -> bool:
         return (sample.camera.height, sample.camera.width) == (self.height, self.width)
@@ -534,30 +578,31 @@ class Trainer:
                 f"{sample.camera.height}x{sample.camera.width}, others {self.height}x{self.width}"
             )
 
-    def _prepare(self, sample: TrainSample, step: int) -> PreparedStep:
-        """Step `step`'s GEP pixels of `sample` and the sample on the device, both copies started
-        without waiting (the pixels from page-locked memory on CUDA, so that the copy does not wait
-        for the work already queued)."""
+    def _prepare(self, sample: TrainSample, step: int, index: int = 0) -> PreparedImage:
+        """The GEP pixels of `sample` as image `index` of step `step` and the sample on the device, both
+        copies started without waiting (the pixels from page-locked memory on CUDA, so that the copy
+        does not wait for the work already queued)."""
         phase = self.gep.phase_at(step / self.steps_per_epoch)
+        generator = self._pixel_generator(step * self.images_per_step + index)
         with stage("data"):
-            pixels = self.gep.sample(sample.index, phase, sample.targets.mask, self._pixel_generator(step))
+            pixels = self.gep.sample(sample.index, phase, sample.targets.mask, generator)
             if self.device.type == "cuda":
                 pixels = pixels.pin_memory()
-            return PreparedStep(
+            return PreparedImage(
                 sample,
                 pixels.to(self.device, non_blocking=True),
                 sample.to(self.device, non_blocking=True),
             )
 
-    def _overlaps(self, sample: TrainSample, upcoming: TrainSample) -> bool:
+    def _overlaps(self, samples: Sequence[TrainSample], upcoming: Sequence[TrainSample]) -> bool:
         """Whether the upcoming step can be prepared before this step's error maps are updated: on one
-        process (several fold every process's images into the maps), for another image than this one
-        (whose map this step changes) of the training size."""
+        process (several fold every process's images into the maps), for other images than this
+        step's (whose maps this step changes), all of the training size."""
+        current = {sample.index for sample in samples}
         return (
             self.config.train.overlap_steps
             and not self.ctx.enabled
-            and upcoming.index != sample.index
-            and self._of_training_size(upcoming)
+            and all(sample.index not in current and self._of_training_size(sample) for sample in upcoming)
         )
 
     def _update_parameters(self, total: torch.Tensor) -> torch.Tensor:
@@ -753,6 +798,7 @@ def check_settings(config: ExperimentConfig) -> None:
         "val_every": 0,
         "val_samples": 1,
         "workers": 0,
+        "images_per_step": 1,
     }
     for name, low in minimum.items():
         value = getattr(tc, name)
