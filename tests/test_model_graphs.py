@@ -13,7 +13,12 @@ import torch
 from npva.config import apply_overrides
 from npva.eval.loading import evaluation_dataset, open_checkpoint
 from npva.eval.render import render_view
-from npva.model.fast.graphs import capture_inference_graphs, capture_network_graphs, without_graphs
+from npva.model.fast.graphs import (
+    capture_inference_graphs,
+    capture_network_graphs,
+    own_gradients,
+    without_graphs,
+)
 from npva.model.networks import AvatarNetwork, kl_divergence
 from npva.train.engine import train
 from npva.train.presets import preset_config
@@ -88,6 +93,22 @@ def test_graphed_networks_train_as_the_modules_run_op_by_op(precision):
         posmap = torch.randn(1, 3, reference.cfg.posmap_size, reference.cfg.posmap_size, device="cuda")
         for a, b in zip(reference(texture, posmap).maps, graphed(texture, posmap).maps, strict=True):
             torch.testing.assert_close(b, a, atol=atol, rtol=1e-3)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_graphed_networks_accumulate_gradients_over_passes_with_own_gradients():
+    torch.manual_seed(0)
+    reference = AvatarNetwork(preset_config("tiny").model).cuda().train()
+    graphed = copy.deepcopy(reference)
+    capture_network_graphs(graphed)
+    for network in (reference, graphed):
+        for seed in (1, 2, 3):  # three passes adding to the same gradients, as a step of three images
+            _training_pass(network, seed, None)
+            if network is graphed:
+                own_gradients(graphed)
+    for (name, a), b in zip(reference.named_parameters(), graphed.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-3, msg=name)
 
 
 @pytest.mark.gpu

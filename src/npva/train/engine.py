@@ -52,7 +52,7 @@ from npva.errors import MissingFileError, NonFiniteError, NpvaError
 from npva.fileio import atomic_open, remove_temporaries
 from npva.io.splits import subject_split
 from npva.model.avatar import PRECISIONS, Avatar, frame_inputs
-from npva.model.fast.graphs import capture_network_graphs
+from npva.model.fast.graphs import capture_network_graphs, own_gradients
 from npva.model.losses import LossTerms, colour_error
 from npva.quality.perceptual import make_perceptual_loss
 from npva.quality.psnr import psnr
@@ -345,7 +345,8 @@ class Trainer:
         else:
             ckpt.seed_global_generators(derived_seed(tc.seed, ctx.rank))
         self.saved_step = self.resumed_from
-        if tc.cuda_graphs and self.device.type == "cuda" and not ctx.enabled:
+        self.graphed = tc.cuda_graphs and self.device.type == "cuda" and not ctx.enabled
+        if self.graphed:
             self.avatar.train()
             capture_network_graphs(self.avatar.network, self.avatar.autocast_dtype)
         self.model = wrap_model(self.avatar, ctx, tc.sync_batchnorm)
@@ -543,6 +544,8 @@ class Trainer:
             )
         with stage("backward"):
             (total / count).backward()
+            if self.graphed and index < count - 1:
+                own_gradients(self.avatar.network)
         colour = colour.detach()
         scalars = {
             "loss": total.detach(),

@@ -9,6 +9,8 @@ Both captures patch the modules' `forward` in place, so AvatarNetwork calls them
 - `capture_network_graphs` (training): the forward and backward passes, replayed in training mode; in
   evaluation mode the modules run op by op. The outputs live in the graph's static memory and are
   overwritten by the next forward pass: a step must finish its backward pass before the next starts.
+  So are the gradients a backward pass hands to parameters that had none, which autograd then keeps as
+  their `.grad`: before a second backward pass adds to them (several images a step), `own_gradients`.
 - `capture_inference_graphs` (rendering): the forward pass in evaluation mode without gradients, one
   graph per input shape and autocast precision, captured on first use; the outputs are copies.
 """
@@ -86,6 +88,18 @@ def capture_network_graphs(network: AvatarNetwork, autocast_dtype: torch.dtype |
     with torch.no_grad():
         for name, buffer in network.named_buffers():
             buffer.copy_(buffers[name])
+
+
+def own_gradients(network: AvatarNetwork) -> None:
+    """Give the graphed modules' parameter gradients memory of their own. A parameter without a gradient
+    takes the captured backward pass's output tensor itself as its `.grad`, and the next replay writes
+    the next gradient into that memory before autograd adds it, so that gradients would not accumulate
+    over several backward passes (pytorch/pytorch#181723). Call it between backward passes that add up."""
+    with torch.no_grad():
+        for module in graphed_modules(network):
+            for parameter in module.parameters():
+                if parameter.grad is not None:
+                    parameter.grad = parameter.grad.clone()
 
 
 def without_graphs(module: nn.Module) -> nn.Module:
