@@ -36,6 +36,8 @@ from npva.train import checkpoint as ckpt
 from npva.train.distributed import DistributedContext, StepOrder
 from npva.train.engine import Trainer, check_resumable, check_settings, loader_workers, with_next
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_subject: Path, gendir: Path, tmp_path_factory):
@@ -436,24 +438,24 @@ def test_step_order_shards_each_pass_and_resumes_mid_way():
 
 
 @pytest.mark.parametrize(
-    "device",
+    "device, graphs",
     [
-        "cpu",
-        pytest.param(
-            "cuda",
-            marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")],
-        ),
+        ("cpu", False),
+        pytest.param("cuda", False, marks=[pytest.mark.gpu, needs_cuda]),
+        pytest.param("cuda", True, marks=[pytest.mark.gpu, needs_cuda]),
     ],
 )
-def test_a_step_of_two_images_averages_their_gradients(tiny_subject, gendir, tmp_path, device):
+def test_a_step_of_two_images_averages_their_gradients(tiny_subject, gendir, tmp_path, device, graphs):
     # Image j of step s draws its rays and latent sample as slot s * K + j: the two images of step 0
     # with K = 2 are those of steps 0 and 1 with one image a step, both from the initial parameters.
-    # On CUDA the networks replay their graphs (train.cuda_graphs), in float32 to compare closely.
+    # On CUDA in float32 without TF32, whose rounding of slightly different sums (atomics) would differ
+    # by 1e-3; with the networks op by op and replaying their graphs (train.cuda_graphs).
     settings = [
         "train.steps_per_epoch=10",
         "train.val_every=0",
         f"train.device={device}",
         "train.precision=fp32",
+        f"train.cuda_graphs={str(graphs).lower()}",
     ]
 
     def trainer(name, per_step):
@@ -467,21 +469,23 @@ def test_a_step_of_two_images_averages_their_gradients(tiny_subject, gendir, tmp
         grads = {name: p.grad.clone() for name, p in trainer.avatar.named_parameters() if p.grad is not None}
         return grads, scalars
 
-    paired = trainer("paired", 2)
-    first, second = paired.dataset[0], paired.dataset[1]
-    averaged, both = gradients(paired, [first, second])
-    alone = trainer("first", 1)
-    of_first, one = gradients(alone, [first])
-    alone = trainer("second", 1)
-    alone.step = 1
-    of_second, other = gradients(alone, [second])
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        paired = trainer("paired", 2)
+        first, second = paired.dataset[0], paired.dataset[1]
+        averaged, both = gradients(paired, [first, second])
+        alone = trainer("first", 1)
+        of_first, one = gradients(alone, [first])
+        alone = trainer("second", 1)
+        alone.step = 1
+        of_second, other = gradients(alone, [second])
     assert both["rays"] == one["rays"] + other["rays"]
     assert both["loss"] == pytest.approx((one["loss"] + other["loss"]) / 2, rel=1e-5)
     assert averaged.keys() == of_first.keys() == of_second.keys() and len(averaged) > 10
     for name, grad in averaged.items():
         expected = (of_first[name] + of_second[name]) / 2
-        atol = (1e-6 if device == "cpu" else 1e-4) * expected.abs().max()  # CUDA: atomics' sum order
-        torch.testing.assert_close(grad, expected, rtol=1e-4, atol=atol, msg=name)
+        scale = expected.abs().max()
+        worst = float((grad - expected).abs().max() / scale)
+        assert worst < (1e-6 if device == "cpu" else 1e-4), f"{name}: {worst:.2e} of the largest gradient"
     # Each image's error map took its own rays' errors.
     counts = paired.gep.error_count.sum(dim=(1, 2))
     assert counts[0] > 0 and counts[1] > 0 and counts[2:].sum() == 0
@@ -559,7 +563,7 @@ def test_missed_rays_show_the_background_and_mask_mode_compares_inside_only(gend
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_cuda
 def test_a_few_bf16_steps_on_cuda(tiny_subject, gendir, tmp_path):
     config = apply_overrides(
         preset_config("tiny"),
@@ -571,7 +575,7 @@ def test_a_few_bf16_steps_on_cuda(tiny_subject, gendir, tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_cuda
 @pytest.mark.parametrize("autotune", [False, True])
 def test_cudnn_autotune_setting_decides_cudnn_benchmark(tiny_subject, gendir, tmp_path, autotune):
     config = apply_overrides(
