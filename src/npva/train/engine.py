@@ -532,8 +532,8 @@ class Trainer:
         their gradients to the parameters'; returns its scalars (loss, PSNR, terms, samples per ray;
         0-dim tensors) and the colour error (R,) of each of its rays."""
         sample = image.on_device
+        slot = self.step * self.images_per_step + index
         try:
-            slot = self.step * self.images_per_step + index
             out = self.model(sample.drive, sample.camera, image.pixels, self._render_generator(slot))
         except NonFiniteError as exc:
             raise self._diverged(str(exc)) from None
