@@ -511,7 +511,7 @@ def test_two_images_a_step_resume_and_overlap_exactly(tiny_subject, gendir, tmp_
             assert torch.equal(resumed["model"][name], tensor), name
     for name in ("error_map", "error_count"):
         assert torch.equal(resumed["gep"][name], reference["gep"][name]), name
-    # 6 steps of 2 images each: every one of the tiny subject's training images, some twice
+    # 6 steps of 2 images: 12 slots of the first pass, so 12 different images (all, where there are fewer)
     assert int((reference["gep"]["error_count"].sum(dim=(1, 2)) > 0).sum()) == min(
         12, len(reference["data"]["keys"])
     )
