@@ -62,7 +62,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The demo subject (`npva synth --preset demo`, `npva preprocess --uv-size 64`): 256x167 training
     # images, 64^2 UV maps, 256^2 points (about 0.2 per pixel of the face). 6,720 steps: a quarter of
     # them left the avatar at the textured mesh's level on capture subjects seen from cameras training
-    # did not see (docs/fidelity.md, "The demo budget"); about 25 minutes on two CPU cores.
+    # did not see (docs/fidelity.md, "The demo budget"); about 27 minutes on two CPU cores.
     "demo": {
         "model": {
             "texture_size": 128,
