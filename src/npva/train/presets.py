@@ -19,9 +19,10 @@ from npva.config import ExperimentConfig, apply_overrides, load_config, merge_se
 from npva.data.gendir import GenDir
 from npva.data.prepared import read_settings
 
-# One frame per step on one process for a few hundred steps: BatchNorm would normalize each frame by its
-# own statistics, and a posterior starting at std 1 beside mu = 0.1 mu_raw makes z mostly noise, so the
-# decoders would learn to ignore the latent and render the mean face (docs/training.md, Presets).
+# One frame per step on one process for a few thousand steps at most: BatchNorm would normalize each
+# frame by its own statistics, and a posterior starting at std 1 beside mu = 0.1 mu_raw makes z mostly
+# noise, so the decoders would learn to ignore the latent and render the mean face (docs/training.md,
+# Presets).
 SHORT_RUN_LATENT: dict[str, Any] = {"batchnorm": False, "mu_scale": 1.0, "logstd_bias": -3.0}
 
 PRESETS: dict[str, dict[str, Any]] = {
