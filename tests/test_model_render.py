@@ -12,13 +12,22 @@ import torch
 
 from npva.config import DecoderConfig, ModelConfig, RenderConfig, SamplingConfig
 from npva.data.frames import FrameDrive, TrackedMesh
+from npva.errors import ConfigError
 from npva.geometry.camera import look_at, pixel_rays
 from npva.geometry.mesh import uv_grid_faces
 from npva.model.avatar import Avatar
 from npva.model.decoding import make_radiance_decoder
 from npva.model.networks import AvatarNetwork, DecodedMaps
 from npva.model.query import knn_radius_bruteforce
-from npva.model.render import UVTemplate, build_scene, chunk_size, decode_at, render_rays, tracked_uv_image
+from npva.model.render import (
+    UVTemplate,
+    build_scene,
+    chunk_size,
+    decode_at,
+    render_rays,
+    split_at_texels,
+    tracked_uv_image,
+)
 
 UV = 16  # coarse map side
 POINTS = 32  # point map side
@@ -355,13 +364,15 @@ def test_tracked_uv_image_is_the_uv_where_each_ray_meets_the_tracked_mesh():
     assert inside.sum() > 500 and outside.sum() > 500
     torch.testing.assert_close(uv[inside], expected[inside], atol=1e-4, rtol=0)
     assert torch.isnan(uv[outside]).all()
-    # Rays that meet the mesh in open texels (here the left half of an 8 x 8 layout) keep no UV.
+    # Split at open texels (here the left half of an 8 x 8 layout): each part keeps its own rays' UV.
     left = torch.zeros(8, 8, dtype=torch.bool)
     left[:, :4] = True
-    uv = tracked_uv_image(_tracked_plane(), *POSE, camera, open_texels=left)
+    outside_open, inside_open = split_at_texels(uv, left)
     for half, is_open in ((expected[..., 0] < 0.49, True), (expected[..., 0] > 0.51, False)):
-        assert torch.isnan(uv[inside & half]).all() == is_open
-        assert torch.isnan(uv[inside & half]).any() == is_open
+        kept, dropped = (inside_open, outside_open) if is_open else (outside_open, inside_open)
+        torch.testing.assert_close(kept[inside & half], uv[inside & half])
+        assert torch.isnan(dropped[inside & half]).all()
+    assert torch.isnan(outside_open[outside]).all() and torch.isnan(inside_open[outside]).all()
 
 
 def test_texture_lookup_at_the_ray_uv_where_given_and_the_blended_uv_elsewhere():
@@ -427,6 +438,39 @@ def test_the_texture_mode_ray_starts_as_the_textured_tracked_mesh():
     torch.testing.assert_close(out.rays.colour[shown], expected, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="needs the frame's tracked mesh"):
         avatar.render(replace(drive, tracked_mesh=None), camera)
+
+
+def test_without_the_mouth_correction_the_open_mouth_shows_the_texture_uncorrected():
+    """render.decoder.mouth_correction false: where the ray meets the tracked mesh in the open mouth,
+    a trained colour MLP's correction is left out (the pixel is what the same avatar shows with no
+    correction at all); everywhere else it applies. The density is the same either way."""
+    model = replace(MODEL, texture="ray")
+    mouth = torch.zeros(UV, UV, dtype=torch.bool)
+    mouth[:, : UV // 4] = True
+    renders = {}
+    settings = (("corrected", True, True), ("mouth", False, True), ("none", True, False))
+    for name, correction, trained in settings:  # name, mouth_correction, a trained colour MLP
+        render = replace(RENDER, decoder=replace(RENDER.decoder, mouth_correction=correction))
+        torch.manual_seed(0)
+        avatar = Avatar(model, render, _template(), mouth, "black").eval()
+        if trained:
+            torch.nn.init.normal_(avatar.decoder.colour_mlp[-1].weight, 0.0, 1.0)
+        texture = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(5))
+        drive = replace(_drive(), full_texture=texture, tracked_mesh=_tracked_plane())
+        with torch.no_grad():
+            renders[name] = avatar.render(drive, _camera(48, 64, 360.0)).rays
+    uv = tracked_uv_image(drive.tracked_mesh, *POSE, _camera(48, 64, 360.0)).reshape(-1, 2)
+    shown = (renders["mouth"].num_samples > 0) & ~torch.isnan(uv).any(1)
+    in_mouth, outside = shown & (uv[:, 0] < 0.24), shown & (uv[:, 0] > 0.26)
+    assert in_mouth.sum() > 50 and outside.sum() > 300
+    torch.testing.assert_close(renders["mouth"].opacity, renders["corrected"].opacity)
+    got, corrected, none = (renders[name].colour for name in ("mouth", "corrected", "none"))
+    torch.testing.assert_close(got[in_mouth], none[in_mouth], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got[outside], corrected[outside], atol=1e-5, rtol=0)
+    assert (corrected[in_mouth] - none[in_mouth]).abs().max() > 0.05
+    render = replace(RENDER, decoder=replace(RENDER.decoder, mouth_correction=False))
+    with pytest.raises(ConfigError, match="needs model.texture ray, got 'lookup'"):
+        Avatar(replace(MODEL, texture="lookup"), render, _template(), mouth, "black")
 
 
 @pytest.mark.gpu

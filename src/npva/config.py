@@ -150,6 +150,12 @@ class DecoderConfig:
     # The offsets' camera-frame copy is a decoder input (published). False: the world-frame offsets only,
     # so that density and colour depend on the camera through the ray direction alone.
     camera_offsets: bool = True
+    # With the texture mode "ray": False gives the shading points whose ray meets the tracked mesh in the
+    # open mouth's texels the texture's colour as it is, without the colour MLP's correction. Inside the
+    # mouth a capture's photos show teeth, tongue and shadow from a few directions only, so a correction
+    # that depends on the view is learned from few views there and misleads from new ones
+    # (docs/fidelity.md).
+    mouth_correction: bool = True
     hidden: int = 128  # width of the lightweight decoder's MLPs
     pointnerf_hidden: int = 256  # width of the Point-NeRF decoder's MLPs
     leaky_slope: float = 0.2  # negative slope of the decoder MLPs' LeakyReLUs

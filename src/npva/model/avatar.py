@@ -35,7 +35,7 @@ from torch import nn
 from npva.config import LossConfig, ModelConfig, RenderConfig
 from npva.data.frames import FrameDrive, FrameInputs, TrackedMesh, ViewTargets
 from npva.data.gendir import GenDir, read_manifest, read_stats, read_uv_layout
-from npva.errors import NpvaError
+from npva.errors import ConfigError, NpvaError
 from npva.geometry.camera import Camera
 from npva.model.decoding import make_radiance_decoder
 from npva.model.losses import compute_losses
@@ -173,6 +173,11 @@ class Avatar(nn.Module):
             raise NpvaError(
                 f"the position-map statistics are {tuple(template.mean_map.shape[-2:])} texels but "
                 f"model.posmap_size is {size}: preprocess with --uv-size {size} or change the model"
+            )
+        if not render.decoder.mouth_correction and not model.texture_at_ray:
+            raise ConfigError(
+                "render.decoder.mouth_correction false finds the open mouth's rays on the tracked mesh: "
+                f"it needs model.texture ray, got {model.texture!r}"
             )
         self.render_config = render
         self.loss_config = loss or LossConfig()

@@ -96,8 +96,11 @@ class FrameScene:
     index, occupancy: built on the detached point positions.
     texture: (3, T, T) the frame's average texture when the shading points look their colour up in it
         (ModelConfig.texture "lookup" or "ray"), else None.
-    ray_uv: (H, W, 2) the UV where each pixel's ray meets the tracked mesh, NaN where it misses (the
-        lookup's UV for ModelConfig.texture "ray"), else None.
+    ray_uv: (H, W, 2) the UV where each pixel's ray meets the tracked mesh, NaN where it misses or
+        meets it in the open mouth (the lookup's UV for ModelConfig.texture "ray"), else None.
+    uncorrected: (H, W) bool, the pixels whose shading points keep the texture's colour uncorrected
+        (their ray meets the tracked mesh in the open mouth; DecoderConfig.mouth_correction false), else
+        None.
     fast: the neighbour blending runs as the Triton kernel (RenderConfig.kernels).
     compiled: the radiance decoder and the compositing run compiled (RenderConfig.compile).
     """
@@ -110,6 +113,7 @@ class FrameScene:
     occupancy: OccupancyGrid
     texture: torch.Tensor | None = None
     ray_uv: torch.Tensor | None = None
+    uncorrected: torch.Tensor | None = None
     fast: bool = False
     compiled: bool = False
 
@@ -181,7 +185,7 @@ def build_scene(
     "lookup" or "ray"), else None; tracked_mesh: the frame's tracked mesh, given when the lookup's UV
     is where each ray meets it (ModelConfig.texture "ray"), else None; open_texels (S', S') bool:
     texels of the layout where the tracked mesh spans empty space (the mouth), whose rays keep the
-    blended UV.
+    blended UV (and the texture's colour uncorrected, with cfg.decoder.mouth_correction false).
     """
     if maps.coarse_offset.shape[0] != 1:
         raise ValueError(f"one frame per rendering, got a batch of {maps.coarse_offset.shape[0]}")
@@ -192,9 +196,13 @@ def build_scene(
     vertices = coarse_vertices_world(coarse, rotation, translation)
     with stage("rasterization"):
         guide_depth = rasterize_guide(vertices, template.grid_faces, camera)
-        ray_uv = None
+        ray_uv = uncorrected = None
         if tracked_mesh is not None:
-            ray_uv = tracked_uv_image(tracked_mesh.to(device), rotation, translation, camera, open_texels)
+            ray_uv = tracked_uv_image(tracked_mesh.to(device), rotation, translation, camera)
+            if open_texels is not None:
+                ray_uv, in_mouth = split_at_texels(ray_uv, open_texels)
+                if not cfg.decoder.mouth_correction:
+                    uncorrected = ~torch.isnan(in_mouth).any(-1)
     size = maps.displacement.shape[-1]
     texels = None
     if mask_points:
@@ -223,19 +231,14 @@ def build_scene(
         occupancy = OccupancyGrid(detached, sampling.occupancy_voxel_mm, sampling.occupancy_reach_voxels)
     lookup = None if texture is None else texture.to(device=device, dtype=dtype)
     return FrameScene(
-        camera, coarse, guide_depth, points, index, occupancy, lookup, ray_uv, fast, cfg.compile
+        camera, coarse, guide_depth, points, index, occupancy, lookup, ray_uv, uncorrected, fast, cfg.compile
     )
 
 
 def tracked_uv_image(
-    mesh: TrackedMesh,
-    rotation: torch.Tensor,
-    translation: torch.Tensor,
-    camera: Camera,
-    open_texels: torch.Tensor | None = None,
+    mesh: TrackedMesh, rotation: torch.Tensor, translation: torch.Tensor, camera: Camera
 ) -> torch.Tensor:
-    """(H, W, 2) UV where each pixel's ray meets the tracked mesh, NaN where it misses or meets it in
-    one of open_texels (S', S') bool (the layout's texels, row 0 at v = 1), if given.
+    """(H, W, 2) UV where each pixel's ray meets the tracked mesh, NaN where it misses.
 
     mesh: the frame's tracked mesh (face frame); rotation (3, 3), translation (3,): the head pose. The
     average texture is unwrapped from the photos through the tracked mesh, so this UV is where the
@@ -245,12 +248,20 @@ def tracked_uv_image(
     vertices = to_world(mesh.verts.to(rotation.dtype), rotation, translation)
     frags = rasterize_camera(vertices, mesh.faces, camera)
     uv = interpolate(mesh.uvs.to(rotation.dtype), mesh.face_uvs, frags)
-    hit = frags.face_id >= 0
-    if open_texels is not None:
-        # The open mouth's texels hold what the cameras saw through the stretched surface from their
-        # different directions, registered to no surface: there the points' own UVs do better.
-        hit &= ~texel_flags(open_texels, uv)
-    return torch.where(hit[..., None], uv, float("nan"))
+    return torch.where((frags.face_id >= 0)[..., None], uv, float("nan"))
+
+
+def split_at_texels(uv: torch.Tensor, texels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uv (..., 2) (NaN: none) split by texels (S', S') bool of the layout (row 0 at v = 1): (outside,
+    inside), each uv where it lies outside / inside those texels and NaN elsewhere.
+
+    For the open mouth's texels: they hold what the cameras saw through the stretched surface from
+    their different directions, registered to no surface, so there the points' own UVs do better.
+    """
+    hit = ~torch.isnan(uv).any(-1)
+    inside = texel_flags(texels, torch.nan_to_num(uv)) & hit
+    nan = torch.tensor(float("nan"), dtype=uv.dtype, device=uv.device)
+    return torch.where((hit & ~inside)[..., None], uv, nan), torch.where(inside[..., None], uv, nan)
 
 
 Precision = Callable[[], contextlib.AbstractContextManager]
@@ -352,11 +363,19 @@ def _render_chunk(
     sigma = shading.z.new_zeros(shading.z.shape)
     rgb = shading.z.new_zeros((*shading.z.shape, 3))
     if samples.shape[0] > 0:
-        ray_uv = None
-        if scene.ray_uv is not None:
-            ray_uv = scene.ray_uv[pixels[:, 1], pixels[:, 0]][ray_of_sample]  # (N, 2)
+        ray_uv, uncorrected = (
+            None if image is None else image[pixels[:, 1], pixels[:, 0]][ray_of_sample]  # (N, ...)
+            for image in (scene.ray_uv, scene.uncorrected)
+        )
         sample_sigma, sample_rgb = decode_at(
-            scene, decoder, samples, ray_dirs[ray_of_sample], cfg.decoder.min_distance_mm, precision, ray_uv
+            scene,
+            decoder,
+            samples,
+            ray_dirs[ray_of_sample],
+            cfg.decoder.min_distance_mm,
+            precision,
+            ray_uv,
+            uncorrected,
         )
         sigma = sigma.index_put((ray_of_sample, slot_of_sample), sample_sigma.float())
         rgb = rgb.index_put((ray_of_sample, slot_of_sample), sample_rgb.float())
@@ -377,11 +396,13 @@ def decode_at(
     min_distance: float,
     precision: Precision = contextlib.nullcontext,
     ray_uv: torch.Tensor | None = None,
+    uncorrected: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """sigma (N,), rgb (N, 3) from `decoder` at points samples (N, 3) seen along ray_dirs (N, 3), with
     their K nearest neural points of `scene`; min_distance as in the decoder's neighbour weights.
     With a texture lookup, ray_uv (N, 2) is the UV to look each sample's colour up at (NaN: the UV
-    blended from its neighbours); None: the blended UV for all.
+    blended from its neighbours); None: the blended UV for all. uncorrected (N,) bool: the samples
+    whose rgb is the texture's colour as looked up, not the decoder's correction of it.
 
     A decoder with `decode_blended` (the lightweight RadianceDecoder) gets its neighbours blended by
     npva.model.blend (the Triton kernel when scene.fast); any other decoder is called with the
@@ -392,8 +413,15 @@ def decode_at(
         idx, _ = scene.index.query(samples)  # (N, K)
     with stage("decoding"):
         if hasattr(decoder, "decode_blended"):
-            return _decode_blended(scene, decoder, samples, idx, ray_dirs, min_distance, precision, ray_uv)
-        return _decode_neighbours(scene, decoder, samples, idx, ray_dirs, min_distance, precision, ray_uv)
+            decode_path = _decode_blended
+        else:
+            decode_path = _decode_neighbours
+        sigma, rgb, colour = decode_path(
+            scene, decoder, samples, idx, ray_dirs, min_distance, precision, ray_uv
+        )
+        if uncorrected is not None and colour is not None:
+            rgb = torch.where(uncorrected[:, None], colour.to(rgb.dtype), rgb)
+        return sigma, rgb
 
 
 def _decode_blended(
@@ -405,9 +433,10 @@ def _decode_blended(
     min_distance: float,
     precision: Precision,
     ray_uv: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The blended path of decode_at. With a texture lookup the blended features' RGB channels are the
-    texture at the blended UV (see _with_texture_colour), or at ray_uv where it is given."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The blended path of decode_at: sigma (N,), rgb (N, 3) and the looked-up texture colour (N, 3)
+    (None without a lookup). With a texture lookup the blended features' RGB channels are the texture
+    at the blended UV (see _with_texture_colour), or at ray_uv where it is given."""
     points = scene.points
     values = points.features if scene.texture is None else torch.cat((points.features, points.uv), 1)
     mean_values, mean_offset = blend_neighbours(
@@ -415,6 +444,7 @@ def _decode_blended(
     )
     has_valid = idx[:, 0] >= 0  # slots are sorted by distance: the first is valid if any is
     mean_feature = mean_values[:, : points.features.shape[1]]
+    colour = None
     if scene.texture is not None:
         uv = _lookup_uv(mean_values[:, -2:], ray_uv)
         colour = sample_texture(scene.texture, uv).to(mean_feature.dtype)
@@ -427,7 +457,8 @@ def _decode_blended(
     offsets = torch.cat((mean_offset, camera_offset), 1)  # (N, 6) world; camera
     decode, _ = shading_functions(scene.compiled)
     with precision():
-        return decode(decoder, mean_feature, offsets, has_valid, ray_dirs)
+        sigma, rgb = decode(decoder, mean_feature, offsets, has_valid, ray_dirs)
+    return sigma, rgb, colour
 
 
 def _decode_neighbours(
@@ -439,8 +470,8 @@ def _decode_neighbours(
     min_distance: float,
     precision: Precision,
     ray_uv: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The per-neighbour path of decode_at."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The per-neighbour path of decode_at (returns as _decode_blended)."""
     points, camera = scene.points, scene.camera
     valid = idx >= 0
     rows = safe_rows(idx, max(len(points), 1))
@@ -448,13 +479,16 @@ def _decode_neighbours(
     _, rotation, _ = camera_tensors(camera, offsets_world.device, offsets_world.dtype)
     offsets_camera = offsets_world @ rotation.T
     features = points.features[rows]  # (N, K, C)
+    colour = None
     if scene.texture is not None:
         uv = points.uv[rows]  # (N, K, 2)
         features = _with_texture_colour(
             scene.texture, uv, offsets_world, valid, min_distance, features, ray_uv
         )
+        colour = torch.where(valid.any(1)[:, None], features[:, 0, -3:], 0.0)
     with precision():
-        return decoder(features, offsets_world, offsets_camera, valid, ray_dirs)
+        sigma, rgb = decoder(features, offsets_world, offsets_camera, valid, ray_dirs)
+    return sigma, rgb, colour
 
 
 def _with_texture_colour(
