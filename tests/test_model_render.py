@@ -24,8 +24,8 @@ from npva.model.render import (
     build_scene,
     chunk_size,
     decode_at,
+    meets_texels,
     render_rays,
-    split_at_texels,
     tracked_uv_image,
 )
 
@@ -364,15 +364,13 @@ def test_tracked_uv_image_is_the_uv_where_each_ray_meets_the_tracked_mesh():
     assert inside.sum() > 500 and outside.sum() > 500
     torch.testing.assert_close(uv[inside], expected[inside], atol=1e-4, rtol=0)
     assert torch.isnan(uv[outside]).all()
-    # Split at open texels (here the left half of an 8 x 8 layout): each part keeps its own rays' UV.
+    # Rays that meet the mesh in open texels (here the left half of an 8 x 8 layout); a miss meets none.
     left = torch.zeros(8, 8, dtype=torch.bool)
     left[:, :4] = True
-    outside_open, inside_open = split_at_texels(uv, left)
+    in_open = meets_texels(uv, left)
     for half, is_open in ((expected[..., 0] < 0.49, True), (expected[..., 0] > 0.51, False)):
-        kept, dropped = (inside_open, outside_open) if is_open else (outside_open, inside_open)
-        torch.testing.assert_close(kept[inside & half], uv[inside & half])
-        assert torch.isnan(dropped[inside & half]).all()
-    assert torch.isnan(outside_open[outside]).all() and torch.isnan(inside_open[outside]).all()
+        assert (in_open[inside & half] == is_open).all()
+    assert not in_open[outside].any()
 
 
 def test_texture_lookup_at_the_ray_uv_where_given_and_the_blended_uv_elsewhere():

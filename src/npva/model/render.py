@@ -200,9 +200,10 @@ def build_scene(
         if tracked_mesh is not None:
             ray_uv = tracked_uv_image(tracked_mesh.to(device), rotation, translation, camera)
             if open_texels is not None:
-                ray_uv, in_mouth = split_at_texels(ray_uv, open_texels)
+                in_mouth = meets_texels(ray_uv, open_texels)  # (H, W)
+                ray_uv = torch.where(in_mouth[..., None], float("nan"), ray_uv)
                 if not cfg.decoder.mouth_correction:
-                    uncorrected = ~torch.isnan(in_mouth).any(-1)
+                    uncorrected = in_mouth
     size = maps.displacement.shape[-1]
     texels = None
     if mask_points:
@@ -251,17 +252,14 @@ def tracked_uv_image(
     return torch.where((frags.face_id >= 0)[..., None], uv, float("nan"))
 
 
-def split_at_texels(uv: torch.Tensor, texels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """uv (..., 2) (NaN: none) split by texels (S', S') bool of the layout (row 0 at v = 1): (outside,
-    inside), each uv where it lies outside / inside those texels and NaN elsewhere.
+def meets_texels(uv: torch.Tensor, texels: torch.Tensor) -> torch.Tensor:
+    """(...) bool: uv (..., 2) (NaN: the ray misses) lies in one of texels (S', S') bool of the layout
+    (row 0 at v = 1).
 
     For the open mouth's texels: they hold what the cameras saw through the stretched surface from
     their different directions, registered to no surface, so there the points' own UVs do better.
     """
-    hit = ~torch.isnan(uv).any(-1)
-    inside = texel_flags(texels, torch.nan_to_num(uv)) & hit
-    nan = torch.tensor(float("nan"), dtype=uv.dtype, device=uv.device)
-    return torch.where((hit & ~inside)[..., None], uv, nan), torch.where(inside[..., None], uv, nan)
+    return texel_flags(texels, torch.nan_to_num(uv)) & ~torch.isnan(uv).any(-1)
 
 
 Precision = Callable[[], contextlib.AbstractContextManager]
