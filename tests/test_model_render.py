@@ -438,39 +438,29 @@ def test_the_texture_mode_ray_starts_as_the_textured_tracked_mesh():
         avatar.render(replace(drive, tracked_mesh=None), camera)
 
 
-def _mouth_renders(settings, camera_names=()) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """Renders of one avatar with texture mode "ray" over a tracked plane whose UV column u < 0.25 is the
-    open mouth, for each (name, decoder settings, trained colour MLP) of `settings`; and the shown
-    pixels whose ray meets the plane inside and outside the mouth (a margin of 0.01 in u between)."""
+def test_without_the_mouth_correction_the_open_mouth_shows_the_texture_uncorrected():
+    """render.decoder.mouth_correction false: where the ray meets the tracked mesh in the open mouth,
+    a trained colour MLP's correction is left out (the pixel is what the same avatar shows with no
+    correction at all); everywhere else it applies. The density is the same either way."""
     model = replace(MODEL, texture="ray")
     mouth = torch.zeros(UV, UV, dtype=torch.bool)
     mouth[:, : UV // 4] = True
-    camera = _camera(48, 64, 360.0)
     renders = {}
-    for name, decoder_settings, trained in settings:
-        render = replace(RENDER, decoder=replace(RENDER.decoder, **decoder_settings))
+    settings = (("corrected", True, True), ("mouth", False, True), ("none", True, False))
+    for name, correction, trained in settings:  # name, mouth_correction, a trained colour MLP
+        render = replace(RENDER, decoder=replace(RENDER.decoder, mouth_correction=correction))
         torch.manual_seed(0)
-        avatar = Avatar(model, render, _template(), mouth, "black", camera_names).eval()
+        avatar = Avatar(model, render, _template(), mouth, "black").eval()
         if trained:
             torch.nn.init.normal_(avatar.decoder.colour_mlp[-1].weight, 0.0, 1.0)
         texture = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(5))
         drive = replace(_drive(), full_texture=texture, tracked_mesh=_tracked_plane())
         with torch.no_grad():
-            renders[name] = avatar.render(drive, camera).rays
-    uv = tracked_uv_image(drive.tracked_mesh, *POSE, camera).reshape(-1, 2)
-    shown = (renders[name].num_samples > 0) & ~torch.isnan(uv).any(1)
+            renders[name] = avatar.render(drive, _camera(48, 64, 360.0)).rays
+    uv = tracked_uv_image(drive.tracked_mesh, *POSE, _camera(48, 64, 360.0)).reshape(-1, 2)
+    shown = (renders["mouth"].num_samples > 0) & ~torch.isnan(uv).any(1)
     in_mouth, outside = shown & (uv[:, 0] < 0.24), shown & (uv[:, 0] > 0.26)
     assert in_mouth.sum() > 50 and outside.sum() > 300
-    return renders, in_mouth, outside
-
-
-def test_without_the_mouth_correction_the_open_mouth_shows_the_texture_uncorrected():
-    """render.decoder.mouth_correction false: where the ray meets the tracked mesh in the open mouth,
-    a trained colour MLP's correction is left out (the pixel is what the same avatar shows with no
-    correction at all); everywhere else it applies. The density is the same either way."""
-    renders, in_mouth, outside = _mouth_renders(
-        (("corrected", {}, True), ("mouth", {"mouth_correction": False}, True), ("none", {}, False))
-    )
     torch.testing.assert_close(renders["mouth"].opacity, renders["corrected"].opacity)
     got, corrected, none = (renders[name].colour for name in ("mouth", "corrected", "none"))
     torch.testing.assert_close(got[in_mouth], none[in_mouth], atol=1e-5, rtol=0)
@@ -478,44 +468,7 @@ def test_without_the_mouth_correction_the_open_mouth_shows_the_texture_uncorrect
     assert (corrected[in_mouth] - none[in_mouth]).abs().max() > 0.05
     render = replace(RENDER, decoder=replace(RENDER.decoder, mouth_correction=False))
     with pytest.raises(ConfigError, match="needs model.texture ray, got 'lookup'"):
-        Avatar(
-            replace(MODEL, texture="lookup"),
-            render,
-            _template(),
-            mouth=torch.zeros(UV, UV),
-            background="black",
-        )
-
-
-@pytest.mark.parametrize("training_camera", [False, True])
-def test_unseen_camera_mouth_correction_weights_the_open_mouth_from_new_cameras(training_camera):
-    """render.decoder.unseen_camera_mouth_correction w: from a camera training did not see, the open
-    mouth's pixels are the uncorrected render plus w times the correction (colour is linear in the
-    shading points' rgb at a fixed density), the rest of the face keeps it; a training camera's view
-    keeps the whole correction everywhere."""
-    cameras = ("cam",) if training_camera else ("another",)
-    half = {"unseen_camera_mouth_correction": 0.5}
-    renders, in_mouth, outside = _mouth_renders(
-        (("corrected", {}, True), ("half", half, True), ("none", {}, False)), cameras
-    )
-    got, corrected, none = (renders[name].colour for name in ("half", "corrected", "none"))
-    assert (corrected[in_mouth] - none[in_mouth]).abs().max() > 0.05
-    expected = corrected if training_camera else none + 0.5 * (corrected - none)
-    torch.testing.assert_close(got[in_mouth], expected[in_mouth], atol=1e-5, rtol=0)
-    torch.testing.assert_close(got[outside], corrected[outside], atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize(
-    ("settings", "model_texture", "message"),
-    [
-        ({"unseen_camera_mouth_correction": 1.5}, "ray", r"must lie in \[0, 1\], got 1.5"),
-        ({"unseen_camera_mouth_correction": 0.5}, "lookup", "correction=0.5 .* needs model.texture ray"),
-    ],
-)
-def test_unseen_camera_mouth_correction_is_checked(settings, model_texture, message):
-    render = replace(RENDER, decoder=replace(RENDER.decoder, **settings))
-    with pytest.raises(ConfigError, match=message):
-        Avatar(replace(MODEL, texture=model_texture), render, _template(), torch.zeros(UV, UV), "black")
+        Avatar(replace(MODEL, texture="lookup"), render, _template(), mouth, "black")
 
 
 @pytest.mark.gpu

@@ -156,11 +156,6 @@ class DecoderConfig:
     # that depends on the view is learned from few views there and misleads from new ones
     # (docs/fidelity.md).
     mouth_correction: bool = True
-    # With the texture mode "ray", rendering from a camera that training did not see: the weight of that
-    # correction at the same shading points (1: as from a training camera; 0: the texture's colour as it
-    # is; between: the correction shrunk toward the texture). Rendering only: a training camera's view
-    # gets the whole correction, in training and after (docs/model.md).
-    unseen_camera_mouth_correction: float = 1.0
     hidden: int = 128  # width of the lightweight decoder's MLPs
     pointnerf_hidden: int = 256  # width of the Point-NeRF decoder's MLPs
     leaky_slope: float = 0.2  # negative slope of the decoder MLPs' LeakyReLUs

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from npva.config import DecoderConfig, LossConfig, ModelConfig, RenderConfig
+from npva.config import LossConfig, ModelConfig, RenderConfig
 from npva.data.frames import FrameDrive, FrameInputs, TrackedMesh, ViewTargets
 from npva.data.gendir import GenDir, read_manifest, read_stats, read_uv_layout
 from npva.errors import ConfigError, NpvaError
@@ -143,21 +143,6 @@ def _refresh_pos_std(avatar: Avatar, _incompatible_keys: object) -> None:
     avatar._pos_std = float(avatar.pos_std)
 
 
-def _check_mouth_correction(decoder: DecoderConfig, model: ModelConfig) -> None:
-    """The open mouth's correction settings are valid for `model` (ConfigError otherwise): both find the
-    mouth's rays on the tracked mesh, so anything but the full correction needs model.texture ray."""
-    weight = decoder.unseen_camera_mouth_correction
-    if not 0.0 <= weight <= 1.0:
-        raise ConfigError(f"render.decoder.unseen_camera_mouth_correction must lie in [0, 1], got {weight}")
-    for name, default in (("mouth_correction", True), ("unseen_camera_mouth_correction", 1.0)):
-        value = getattr(decoder, name)
-        if value != default and not model.texture_at_ray:
-            raise ConfigError(
-                f"render.decoder.{name}={str(value).lower()} finds the open mouth's rays on the tracked "
-                f"mesh: it needs model.texture ray, got {model.texture!r}"
-            )
-
-
 class Avatar(nn.Module):
     """AvatarNetwork + radiance decoder + background model + the subject's UV template.
 
@@ -189,7 +174,11 @@ class Avatar(nn.Module):
                 f"the position-map statistics are {tuple(template.mean_map.shape[-2:])} texels but "
                 f"model.posmap_size is {size}: preprocess with --uv-size {size} or change the model"
             )
-        _check_mouth_correction(render.decoder, model)
+        if not render.decoder.mouth_correction and not model.texture_at_ray:
+            raise ConfigError(
+                "render.decoder.mouth_correction false finds the open mouth's rays on the tracked mesh: "
+                f"it needs model.texture ray, got {model.texture!r}"
+            )
         self.render_config = render
         self.loss_config = loss or LossConfig()
         self.background_mode = background
@@ -201,7 +190,6 @@ class Avatar(nn.Module):
             CameraBackground(camera_names, initial_background) if background == "learned" else None
         )
         self.camera_colour = CameraColour(camera_names) if camera_colour else None
-        self.training_cameras = frozenset(str(name) for name in camera_names)
         self.register_buffer("mean_map", template.mean_map.detach().float().clone())
         self.register_buffer("pos_std", torch.tensor(float(template.std), dtype=torch.float64))
         # Also kept as a number, refreshed when a state is loaded: reading the buffer on a GPU every
@@ -293,7 +281,6 @@ class Avatar(nn.Module):
             self._lookup_texture(drive),
             self._tracked_mesh(drive),
             self.mouth,
-            self.mouth_correction(camera.name),
         )
         if pixels is None or isinstance(pixels, str):
             pixels = self._named_pixels(pixels or "all", scene.guide_depth)
@@ -306,17 +293,6 @@ class Avatar(nn.Module):
         return RenderOutput(pixels=pixels, rays=rays, scene=scene, maps=maps, mu=mu, logstd=logstd)
 
     forward = render  # calling the module (as DistributedDataParallel does) renders
-
-    def mouth_correction(self, camera_name: str) -> float:
-        """The weight of the colour MLP's correction in the open mouth seen from `camera_name`: 1 from a
-        training camera, render.decoder.unseen_camera_mouth_correction from any other (0 everywhere
-        with render.decoder.mouth_correction false)."""
-        decoder = self.render_config.decoder
-        if not decoder.mouth_correction:
-            return 0.0
-        if str(camera_name) in self.training_cameras:
-            return 1.0
-        return decoder.unseen_camera_mouth_correction
 
     def _lookup_texture(self, drive: FrameDrive) -> torch.Tensor | None:
         """The full-size texture (3, T', T') the shading points look their colour up in, or None."""

@@ -98,11 +98,9 @@ class FrameScene:
         (ModelConfig.texture "lookup" or "ray"), else None.
     ray_uv: (H, W, 2) the UV where each pixel's ray meets the tracked mesh, NaN where it misses or
         meets it in the open mouth (the lookup's UV for ModelConfig.texture "ray"), else None.
-    mouth_rays: (H, W) bool, the pixels whose ray meets the tracked mesh in the open mouth, where the
-        colour MLP's correction of the texture's colour is weighted by mouth_correction; None where that
-        weight is 1 (the correction everywhere).
-    mouth_correction: the weight of the correction at the mouth_rays' shading points (0: the texture's
-        colour as it is).
+    uncorrected: (H, W) bool, the pixels whose shading points keep the texture's colour uncorrected
+        (their ray meets the tracked mesh in the open mouth; DecoderConfig.mouth_correction false), else
+        None.
     fast: the neighbour blending runs as the Triton kernel (RenderConfig.kernels).
     compiled: the radiance decoder and the compositing run compiled (RenderConfig.compile).
     """
@@ -115,8 +113,7 @@ class FrameScene:
     occupancy: OccupancyGrid
     texture: torch.Tensor | None = None
     ray_uv: torch.Tensor | None = None
-    mouth_rays: torch.Tensor | None = None
-    mouth_correction: float = 1.0
+    uncorrected: torch.Tensor | None = None
     fast: bool = False
     compiled: bool = False
 
@@ -178,7 +175,6 @@ def build_scene(
     texture: torch.Tensor | None = None,
     tracked_mesh: TrackedMesh | None = None,
     open_texels: torch.Tensor | None = None,
-    mouth_correction: float = 1.0,
 ) -> FrameScene:
     """The per-frame state of one rendering.
 
@@ -189,8 +185,7 @@ def build_scene(
     "lookup" or "ray"), else None; tracked_mesh: the frame's tracked mesh, given when the lookup's UV
     is where each ray meets it (ModelConfig.texture "ray"), else None; open_texels (S', S') bool:
     texels of the layout where the tracked mesh spans empty space (the mouth), whose rays keep the
-    blended UV; mouth_correction: the weight of the colour MLP's correction of the texture's colour at
-    those rays' shading points (below 1 only with open_texels and a tracked mesh).
+    blended UV (and the texture's colour uncorrected, with cfg.decoder.mouth_correction false).
     """
     if maps.coarse_offset.shape[0] != 1:
         raise ValueError(f"one frame per rendering, got a batch of {maps.coarse_offset.shape[0]}")
@@ -201,16 +196,14 @@ def build_scene(
     vertices = coarse_vertices_world(coarse, rotation, translation)
     with stage("rasterization"):
         guide_depth = rasterize_guide(vertices, template.grid_faces, camera)
-        ray_uv = mouth_rays = None
+        ray_uv = uncorrected = None
         if tracked_mesh is not None:
             ray_uv = tracked_uv_image(tracked_mesh.to(device), rotation, translation, camera)
             if open_texels is not None:
                 in_mouth = meets_texels(ray_uv, open_texels)  # (H, W)
                 ray_uv = torch.where(in_mouth[..., None], float("nan"), ray_uv)
-                if mouth_correction != 1.0:
-                    mouth_rays = in_mouth
-        if mouth_correction != 1.0 and mouth_rays is None:
-            raise ValueError("a weighted mouth correction needs the tracked mesh and the mouth texels")
+                if not cfg.decoder.mouth_correction:
+                    uncorrected = in_mouth
     size = maps.displacement.shape[-1]
     texels = None
     if mask_points:
@@ -239,18 +232,7 @@ def build_scene(
         occupancy = OccupancyGrid(detached, sampling.occupancy_voxel_mm, sampling.occupancy_reach_voxels)
     lookup = None if texture is None else texture.to(device=device, dtype=dtype)
     return FrameScene(
-        camera,
-        coarse,
-        guide_depth,
-        points,
-        index,
-        occupancy,
-        lookup,
-        ray_uv,
-        mouth_rays,
-        mouth_correction,
-        fast,
-        cfg.compile,
+        camera, coarse, guide_depth, points, index, occupancy, lookup, ray_uv, uncorrected, fast, cfg.compile
     )
 
 
@@ -379,9 +361,9 @@ def _render_chunk(
     sigma = shading.z.new_zeros(shading.z.shape)
     rgb = shading.z.new_zeros((*shading.z.shape, 3))
     if samples.shape[0] > 0:
-        ray_uv, in_mouth = (
+        ray_uv, uncorrected = (
             None if image is None else image[pixels[:, 1], pixels[:, 0]][ray_of_sample]  # (N, ...)
-            for image in (scene.ray_uv, scene.mouth_rays)
+            for image in (scene.ray_uv, scene.uncorrected)
         )
         sample_sigma, sample_rgb = decode_at(
             scene,
@@ -391,7 +373,7 @@ def _render_chunk(
             cfg.decoder.min_distance_mm,
             precision,
             ray_uv,
-            in_mouth,
+            uncorrected,
         )
         sigma = sigma.index_put((ray_of_sample, slot_of_sample), sample_sigma.float())
         rgb = rgb.index_put((ray_of_sample, slot_of_sample), sample_rgb.float())
@@ -412,14 +394,13 @@ def decode_at(
     min_distance: float,
     precision: Precision = contextlib.nullcontext,
     ray_uv: torch.Tensor | None = None,
-    in_mouth: torch.Tensor | None = None,
+    uncorrected: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """sigma (N,), rgb (N, 3) from `decoder` at points samples (N, 3) seen along ray_dirs (N, 3), with
     their K nearest neural points of `scene`; min_distance as in the decoder's neighbour weights.
     With a texture lookup, ray_uv (N, 2) is the UV to look each sample's colour up at (NaN: the UV
-    blended from its neighbours); None: the blended UV for all. in_mouth (N,) bool: the samples whose
-    rgb is the texture's colour as looked up plus scene.mouth_correction times the decoder's
-    correction of it.
+    blended from its neighbours); None: the blended UV for all. uncorrected (N,) bool: the samples
+    whose rgb is the texture's colour as looked up, not the decoder's correction of it.
 
     A decoder with `decode_blended` (the lightweight RadianceDecoder) gets its neighbours blended by
     npva.model.blend (the Triton kernel when scene.fast); any other decoder is called with the
@@ -436,10 +417,8 @@ def decode_at(
         sigma, rgb, colour = decode_path(
             scene, decoder, samples, idx, ray_dirs, min_distance, precision, ray_uv
         )
-        if in_mouth is not None and colour is not None:
-            colour = colour.to(rgb.dtype)
-            weighted = colour + scene.mouth_correction * (rgb - colour)
-            rgb = torch.where(in_mouth[:, None], weighted, rgb)
+        if uncorrected is not None and colour is not None:
+            rgb = torch.where(uncorrected[:, None], colour.to(rgb.dtype), rgb)
         return sigma, rgb
 
 

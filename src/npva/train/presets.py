@@ -87,9 +87,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "max_samples": 8,
             },
             "query": {"radius_mm": 5.0},
-            # From a camera training did not see, the colour MLP's correction in the open mouth (learned
-            # from the few directions that see into it) counts half (docs/model.md).
-            "decoder": {"hidden": 64, "pointnerf_hidden": 64, "unseen_camera_mouth_correction": 0.5},
+            "decoder": {"hidden": 64, "pointnerf_hidden": 64},
             # The synthetic layout stretches the lower neck (cells up to 16 mm) and the open mouth.
             "densify_mm": 6.0,
         },
