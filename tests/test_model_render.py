@@ -284,6 +284,23 @@ def test_densified_points_close_the_holes_of_a_stretched_layout():
     assert sampled[0.0] < 0.8 and sampled[2.0] == 1.0
 
 
+def test_evaluation_mode_renders_with_the_inference_spacing_of_extra_points():
+    # The bump's points lie about 2 mm apart: a 1 mm spacing adds points, the 6 mm of training few.
+    cfg = replace(RENDER, densify_mm=6.0, inference_densify_mm=1.0)
+    training_only = replace(cfg, inference_densify_mm=None)
+
+    def trained_points(render: RenderConfig) -> int:
+        generator = torch.Generator().manual_seed(0)
+        return len(_avatar(render).train().render(_drive(), _camera(), generator=generator).scene.points)
+
+    assert trained_points(cfg) == trained_points(training_only)
+    evaluated = _render_eval(_avatar(cfg))
+    plain = _render_eval(_avatar(replace(RENDER, densify_mm=1.0)))
+    assert len(evaluated.scene.points) > 1.5 * len(_render_eval(_avatar(training_only)).scene.points)
+    assert len(evaluated.scene.points) == len(plain.scene.points)
+    torch.testing.assert_close(evaluated.rays.colour, plain.rays.colour)
+
+
 def _bilinear(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     """Plainly: texture (3, T, T) at uv (N, 2) (u right, v up), bilinear between the four nearest texel
     centres, clamped at the border -> (N, 3)."""

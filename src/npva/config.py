@@ -177,6 +177,10 @@ class RenderConfig:
     # (npva.model.points.densify_points), so that stretched parts of the UV layout (a neck, an open
     # mouth) keep no holes. 0: one point per texel, as published.
     densify_mm: float = 0.0
+    # The spacing of those extra points when the avatar renders in evaluation mode (validation, metrics,
+    # renders, videos); None: densify_mm. Finer than in training, the stretched cells are filled more
+    # evenly at a cost that only rendering pays (docs/training.md, "Stretched layouts").
+    inference_densify_mm: float | None = resumable(None)
     # Which implementation runs the hot operations (neighbour query, neighbour blending): "auto" the
     # Triton kernels of npva.model.fast on CUDA when triton is installed and deterministic algorithms are
     # off, else plain PyTorch; "torch" always plain PyTorch (the reference); "triton" the kernels or an
@@ -186,6 +190,12 @@ class RenderConfig:
     # element-wise chains fused, forward and backward); the first steps wait for the compilation. False:
     # op by op (the reference).
     compile: bool = resumable(False)
+
+    def for_inference(self) -> RenderConfig:
+        """These settings as the avatar renders with them in evaluation mode."""
+        if self.inference_densify_mm is None:
+            return self
+        return dataclasses.replace(self, densify_mm=self.inference_densify_mm)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

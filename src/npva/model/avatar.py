@@ -269,7 +269,7 @@ class Avatar(nn.Module):
             with self._network_precision():
                 maps = self.network.decode(z, drive.texture[None])
             maps = DecodedMaps(*(m.float() for m in maps))
-        cfg = self.render_config
+        cfg = self.render_config if self.training else self.render_config.for_inference()
         scene = build_scene(
             maps,
             self.template,
